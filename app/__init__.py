@@ -1,0 +1,1 @@
+"""leasegate: one agent run per session across every worker and replica."""

@@ -1,0 +1,42 @@
+"""The application factory: `uvicorn --factory app.main:create_app`."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import logs, problems
+from app.metrics import Metrics
+from app.resources import Resources
+from app.routers import health
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, metrics: Metrics | None = None) -> FastAPI:
+    settings = settings if settings is not None else Settings()
+    metrics = metrics if metrics is not None else Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resources = await Resources.open(settings, metrics)
+        app.state.resources = resources
+        log.info(
+            "leasegate ready: lease ttl %.3gs, heartbeat %.3gs",
+            settings.lease_ttl_seconds,
+            settings.heartbeat_interval,
+        )
+        try:
+            yield
+        finally:
+            await resources.close()
+
+    logs.configure(settings.log_level)
+    app = FastAPI(title="leasegate", version="0.1.0", lifespan=lifespan)
+    problems.install(app, retry_after_seconds=settings.retry_after_seconds)
+    app.include_router(health.router)
+    return app

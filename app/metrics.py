@@ -1,0 +1,28 @@
+"""Prometheus metrics, built per application on a registry passed in (no module globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.lease_acquisitions = Counter(
+            "leasegate_lease_acquisitions",
+            "Lease acquire attempts by outcome (granted, held).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.lease_renewals = Counter(
+            "leasegate_lease_renewals",
+            "Lease renewals by outcome (ok, not_owned, error).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.lease_losses = Counter(
+            "leasegate_lease_losses",
+            "Leases lost while held, by reason (taken, unreachable).",
+            ["reason"],
+            registry=self.registry,
+        )

@@ -1,0 +1,94 @@
+"""The one place where errors become HTTP responses: RFC 9457 problem details."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import (
+    InvalidKeyError,
+    LeasegateError,
+    LeaseTimeoutError,
+    RedisUnavailableError,
+)
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    status: int
+    slug: str
+    title: str
+
+
+# Most specific first: the first matching class wins.
+PROBLEMS: list[tuple[type[LeasegateError], Problem]] = [
+    (RedisUnavailableError, Problem(503, "redis-unavailable", "Service temporarily unavailable")),
+    (InvalidKeyError, Problem(422, "invalid-id", "Invalid identifier")),
+    (LeaseTimeoutError, Problem(409, "lease-held", "Resource is busy")),
+]
+INTERNAL = Problem(500, "internal", "Internal server error")
+
+
+def problem_response(
+    problem: Problem,
+    detail: str,
+    request: Request,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = {
+        "type": f"/problems/{problem.slug}",
+        "title": problem.title,
+        "status": problem.status,
+        "detail": detail,
+        "instance": request.url.path,
+        **extra,
+    }
+    return JSONResponse(body, status_code=problem.status, headers=headers, media_type=PROBLEM_JSON)
+
+
+def install(app: FastAPI, *, retry_after_seconds: int) -> None:
+    async def on_domain_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, LeasegateError)
+        problem = next((p for cls, p in PROBLEMS if isinstance(exc, cls)), INTERNAL)
+        headers = None
+        if problem.status == 503:
+            headers = {"Retry-After": str(retry_after_seconds)}
+        if problem is INTERNAL:
+            log.error("unhandled %s: %s", type(exc).__name__, exc)
+            return problem_response(problem, "The request failed.", request)
+        return problem_response(problem, str(exc), request, headers)
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        problem = Problem(422, "validation", "Request validation failed")
+        return problem_response(problem, "The request is not valid.", request, errors=errors)
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        problem = Problem(exc.status_code, f"http-{exc.status_code}", str(exc.detail))
+        return problem_response(problem, str(exc.detail), request, exc.headers)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(INTERNAL, "The request failed.", request)
+
+    app.add_exception_handler(LeasegateError, on_domain_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,25 @@
+"""Liveness (the process answers) and readiness (Redis answers and the scripts are loaded)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.deps import ResourcesDep
+from app.errors import RedisUnavailableError
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(resources: ResourcesDep) -> dict[str, str]:
+    try:
+        await resources.redis.ping()
+        await resources.lease_scripts.load(resources.redis)
+    except Exception as exc:
+        raise RedisUnavailableError(f"not ready: {type(exc).__name__}") from None
+    return {"status": "ready"}
