@@ -1,0 +1,8 @@
+"""Fenced Redis leases: acquire, renew, release, heartbeat, blocking wait."""
+
+from app.locks.heartbeat import Heartbeat
+from app.locks.lease import Lease, LeaseManager
+from app.locks.scripts import LeaseScripts
+from app.locks.wakeups import ReleaseWakeups
+
+__all__ = ["Heartbeat", "Lease", "LeaseManager", "LeaseScripts", "ReleaseWakeups"]

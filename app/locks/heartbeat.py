@@ -1,0 +1,95 @@
+"""The heartbeat that keeps a lease alive while its guarded work runs.
+
+Failure timeline it is built for (TTL 10 s, interval 3.3 s, margin TTL/5 = 2 s):
+
+    t=0     lease granted, valid until 10
+    t=3.3   renewal ok, valid until 13.3
+    t=6.6   Redis stops answering; the renewal fails; retry every 1.1 s
+    t=11.3  no renewal has succeeded and the lease may expire at 13.3:
+            the work is stopped now (fail closed), 2 s before another worker could
+            take the lease, so two holders never run at once.
+
+A renewal that finds the lease held by another token, or gone, stops the work at once.
+Either loss is logged at ERROR with the key and fence and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from app.errors import LeaseLostError, LeaseNotOwnedError, RedisUnavailableError
+
+if TYPE_CHECKING:
+    from app.locks.lease import Lease, LeaseManager
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    OnLost = Callable[[LeaseLostError], None]
+
+    def __init__(
+        self, manager: LeaseManager, lease: Lease, interval: float, on_lost: OnLost
+    ) -> None:
+        self._manager = manager
+        self._lease = lease
+        self._interval = interval
+        self._on_lost = on_lost
+        self._margin = lease.ttl / 5
+        self._task: asyncio.Task[None] | None = None
+        self.lost: LeaseLostError | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._beat(), name=f"heartbeat:{self._lease.key}")
+
+    async def stop(self) -> None:
+        """Stop renewing; always before the lease is released."""
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self._interval
+        while True:
+            await asyncio.sleep(delay)
+            budget = self._lease.valid_until - self._margin - loop.time()
+            if budget <= 0:
+                return self._lose("unreachable", "Redis unreachable until the lease could expire")
+            try:
+                async with asyncio.timeout(budget):
+                    await self._manager.renew(self._lease)
+            except LeaseNotOwnedError:
+                return self._lose("taken", "the lease expired or was taken or reset")
+            except (RedisUnavailableError, TimeoutError) as exc:
+                self._manager.metrics.lease_renewals.labels("error").inc()
+                log.warning(
+                    "lease %s (fence %d): renewal failed, retrying: %s",
+                    self._lease.key,
+                    self._lease.fence,
+                    exc,
+                )
+                delay = min(self._interval / 3, max(budget, 0.0))
+            except Exception as exc:  # never die silently while the work goes on
+                log.exception("lease %s: unexpected renewal error", self._lease.key)
+                return self._lose("error", f"renewal failed unexpectedly: {exc!r}")
+            else:
+                delay = self._interval
+
+    def _lose(self, reason: str, detail: str) -> None:
+        self.lost = LeaseLostError(self._lease.key, self._lease.fence, detail)
+        self._manager.metrics.lease_losses.labels(reason).inc()
+        log.error(
+            "lease %s (fence %d) lost: %s; stopping the guarded work",
+            self._lease.key,
+            self._lease.fence,
+            detail,
+        )
+        self._on_lost(self.lost)

@@ -1,0 +1,104 @@
+"""The Lua scripts behind the fenced lease, and the one place their result codes become errors.
+
+Each script is a constant with its contract. They are registered once per Redis client
+in the application's lifespan (`LeaseScripts.register`); redis-py's Script object runs
+EVALSHA and reloads the script by itself on NOSCRIPT, e.g. after a Redis restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from enum import IntEnum
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app.errors import LeaseNotOwnedError, RedisUnavailableError
+
+
+class Code(IntEnum):
+    """Result codes shared by every lease script."""
+
+    OK = 0
+    HELD = 1
+    NOT_OWNED = 2
+
+
+# KEYS[1] lease key, KEYS[2] fence counter key
+# ARGV[1] token, ARGV[2] ttl in milliseconds
+# Returns {OK, fence} when granted: the key is set to the token with the ttl and the fence
+# counter is bumped, in one step; {HELD, pttl} when another token holds the lease.
+ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {0, redis.call('INCR', KEYS[2])}
+end
+return {1, redis.call('PTTL', KEYS[1])}
+"""
+
+# KEYS[1] lease key
+# ARGV[1] token, ARGV[2] ttl in milliseconds
+# Returns OK after resetting the ttl, NOT_OWNED (key untouched) when the token is not the holder's.
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 0
+end
+return 2
+"""
+
+# KEYS[1] lease key
+# ARGV[1] token, ARGV[2] release channel
+# Returns OK after deleting the key and announcing the release on the channel, so that a
+# waiter wakes at once; NOT_OWNED (key untouched, nothing announced) otherwise.
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], '1')
+  return 0
+end
+return 2
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseScripts:
+    acquire: AsyncScript
+    renew: AsyncScript
+    release: AsyncScript
+
+    @classmethod
+    def register(cls, redis: Redis) -> LeaseScripts:
+        return cls(
+            acquire=redis.register_script(ACQUIRE),
+            renew=redis.register_script(RENEW),
+            release=redis.register_script(RELEASE),
+        )
+
+    async def load(self, redis: Redis) -> None:
+        """Make sure every script is in Redis' script cache (used by readiness)."""
+        scripts = [getattr(self, f.name) for f in fields(self)]
+        present = await redis.script_exists(*(s.sha for s in scripts))
+        for script, loaded in zip(scripts, present, strict=True):
+            if not loaded:
+                await redis.script_load(script.script)
+
+
+async def call(script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    """Run a script; an unreachable Redis becomes RedisUnavailableError."""
+    try:
+        return await script(keys=list(keys), args=list(args))
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise RedisUnavailableError(f"Redis could not be reached ({type(exc).__name__})") from exc
+
+
+def check(code: int, key: str) -> None:
+    """The one place where a script's result code becomes an exception."""
+    if code == Code.OK:
+        return
+    if code == Code.NOT_OWNED:
+        raise LeaseNotOwnedError(key)
+    raise RuntimeError(f"unexpected lease script code {code} for {key!r}")
