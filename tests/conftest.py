@@ -1,0 +1,83 @@
+"""The suite's own Redis: one redis-server per test session, a clean database per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from app.locks import LeaseManager, LeaseScripts, ReleaseWakeups
+from app.metrics import Metrics
+from app.redis_server import RedisServer
+from app.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis"), appendonly=False) as server:
+        yield server
+
+
+@pytest.fixture
+def own_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, for tests that stop or restart it."""
+    with RedisServer(tmp_path / "redis", extra_args=("--appendfsync", "always")) as server:
+        yield server
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+def make_settings(url: str, **overrides: object) -> Settings:
+    return Settings(redis_url=url, **overrides)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer) -> Settings:
+    return make_settings(redis_server.url, lease_ttl_seconds=2.0)
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+class LeaseStack:
+    """A LeaseManager with its own client and wakeups, as one worker process would have."""
+
+    def __init__(self, url: str, metrics: Metrics, ttl: float, heartbeat: float) -> None:
+        from app.connections import create_redis
+
+        self.redis = create_redis(make_settings(url))
+        self.wakeups = ReleaseWakeups(self.redis)
+        self.manager = LeaseManager(
+            self.redis,
+            LeaseScripts.register(self.redis),
+            self.wakeups,
+            ttl=ttl,
+            heartbeat_interval=heartbeat,
+            metrics=metrics,
+        )
+
+    async def __aenter__(self) -> LeaseManager:
+        await self.wakeups.start()
+        return self.manager
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.wakeups.close()
+        await self.redis.aclose()
+
+
+@pytest.fixture
+async def leases(
+    redis: Redis, redis_server: RedisServer, metrics: Metrics
+) -> AsyncIterator[LeaseManager]:
+    async with LeaseStack(redis_server.url, metrics, ttl=2.0, heartbeat=0.5) as manager:
+        yield manager
