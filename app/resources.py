@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from app.connections import create_redis
-from app.locks import LeaseManager, LeaseScripts, ReleaseWakeups
+from app.locks import LeaseManager, LeaseScripts
 from app.metrics import Metrics
+from app.pubsub import PubSubHub
 from app.settings import Settings
 
 
@@ -17,7 +18,7 @@ class Resources:
     settings: Settings
     redis: Redis
     lease_scripts: LeaseScripts
-    wakeups: ReleaseWakeups
+    hub: PubSubHub
     leases: LeaseManager
     metrics: Metrics
 
@@ -25,18 +26,18 @@ class Resources:
     async def open(cls, settings: Settings, metrics: Metrics) -> Resources:
         redis = create_redis(settings)
         lease_scripts = LeaseScripts.register(redis)
-        wakeups = ReleaseWakeups(redis)
+        hub = PubSubHub(redis)
         leases = LeaseManager(
             redis,
             lease_scripts,
-            wakeups,
+            hub,
             ttl=settings.lease_ttl_seconds,
             heartbeat_interval=settings.heartbeat_interval,
             metrics=metrics,
         )
-        await wakeups.start()
-        return cls(settings, redis, lease_scripts, wakeups, leases, metrics)
+        hub.start()
+        return cls(settings, redis, lease_scripts, hub, leases, metrics)
 
     async def close(self) -> None:
-        await self.wakeups.close()
+        await self.hub.close()
         await self.redis.aclose()

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from app.locks import LeaseManager, LeaseScripts, ReleaseWakeups
+from app.locks import LeaseManager, LeaseScripts
 from app.metrics import Metrics
+from app.pubsub import PubSubHub
 from app.redis_server import RedisServer
 from app.settings import Settings
 
@@ -56,7 +57,7 @@ class LeaseStack:
         from app.connections import create_redis
 
         self.redis = create_redis(make_settings(url))
-        self.wakeups = ReleaseWakeups(self.redis)
+        self.wakeups = PubSubHub(self.redis)
         self.manager = LeaseManager(
             self.redis,
             LeaseScripts.register(self.redis),
@@ -67,7 +68,7 @@ class LeaseStack:
         )
 
     async def __aenter__(self) -> LeaseManager:
-        await self.wakeups.start()
+        self.wakeups.start()
         return self.manager
 
     async def __aexit__(self, *_: object) -> None:

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from app.connections import create_redis
 from app.errors import LeaseTimeoutError
-from app.locks import LeaseManager, LeaseScripts, ReleaseWakeups
+from app.locks import LeaseManager, LeaseScripts
 from app.metrics import Metrics
+from app.pubsub import PubSubHub
 from app.settings import Settings
 
 # The broken variant: SET without NX, so every contender is "granted" the lease.
@@ -55,8 +56,8 @@ async def _contend(
         scripts = LeaseScripts(
             redis.register_script(ACQUIRE_WITHOUT_NX), scripts.renew, scripts.release
         )
-    wakeups = ReleaseWakeups(redis)
-    await wakeups.start()
+    wakeups = PubSubHub(redis)
+    wakeups.start()
     manager = LeaseManager(
         redis, scripts, wakeups, ttl=2.0, heartbeat_interval=0.5, metrics=Metrics()
     )

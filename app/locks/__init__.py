@@ -3,6 +3,5 @@
 from app.locks.heartbeat import Heartbeat
 from app.locks.lease import Lease, LeaseManager
 from app.locks.scripts import LeaseScripts
-from app.locks.wakeups import ReleaseWakeups
 
-__all__ = ["Heartbeat", "Lease", "LeaseManager", "LeaseScripts", "ReleaseWakeups"]
+__all__ = ["Heartbeat", "Lease", "LeaseManager", "LeaseScripts"]

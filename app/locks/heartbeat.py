@@ -18,25 +18,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from app.errors import LeaseLostError, LeaseNotOwnedError, RedisUnavailableError
+from app.metrics import Metrics
 
 if TYPE_CHECKING:
-    from app.locks.lease import Lease, LeaseManager
+    from app.locks.lease import Lease
 
 log = logging.getLogger(__name__)
 
 
 class Heartbeat:
+    """Calls `renew` every `interval`; `renew` raises LeaseNotOwnedError when the lease is gone
+    and updates `lease.valid_until` when it succeeds."""
+
     OnLost = Callable[[LeaseLostError], None]
 
     def __init__(
-        self, manager: LeaseManager, lease: Lease, interval: float, on_lost: OnLost
+        self,
+        lease: Lease,
+        interval: float,
+        renew: Callable[[], Awaitable[None]],
+        on_lost: OnLost,
+        metrics: Metrics,
     ) -> None:
-        self._manager = manager
         self._lease = lease
+        self._renew = renew
+        self._metrics = metrics
         self._interval = interval
         self._on_lost = on_lost
         self._margin = lease.ttl / 5
@@ -65,11 +75,11 @@ class Heartbeat:
                 return self._lose("unreachable", "Redis unreachable until the lease could expire")
             try:
                 async with asyncio.timeout(budget):
-                    await self._manager.renew(self._lease)
+                    await self._renew()
             except LeaseNotOwnedError:
                 return self._lose("taken", "the lease expired or was taken or reset")
             except (RedisUnavailableError, TimeoutError) as exc:
-                self._manager.metrics.lease_renewals.labels("error").inc()
+                self._metrics.lease_renewals.labels("error").inc()
                 log.warning(
                     "lease %s (fence %d): renewal failed, retrying: %s",
                     self._lease.key,
@@ -85,7 +95,7 @@ class Heartbeat:
 
     def _lose(self, reason: str, detail: str) -> None:
         self.lost = LeaseLostError(self._lease.key, self._lease.fence, detail)
-        self._manager.metrics.lease_losses.labels(reason).inc()
+        self._metrics.lease_losses.labels(reason).inc()
         log.error(
             "lease %s (fence %d) lost: %s; stopping the guarded work",
             self._lease.key,

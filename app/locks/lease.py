@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -22,8 +23,8 @@ from app.keys import LeaseKeys, lease_keys
 from app.locks import scripts
 from app.locks.heartbeat import Heartbeat
 from app.locks.scripts import Code, LeaseScripts
-from app.locks.wakeups import ReleaseWakeups
 from app.metrics import Metrics
+from app.pubsub import PubSubHub
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class LeaseManager:
         self,
         redis: Redis,
         lease_scripts: LeaseScripts,
-        wakeups: ReleaseWakeups,
+        hub: PubSubHub,
         *,
         ttl: float,
         heartbeat_interval: float,
@@ -60,7 +61,7 @@ class LeaseManager:
     ) -> None:
         self._redis = redis
         self._scripts = lease_scripts
-        self._wakeups = wakeups
+        self._hub = hub
         self.ttl = ttl
         self.heartbeat_interval = heartbeat_interval
         self.metrics = metrics
@@ -82,7 +83,7 @@ class LeaseManager:
         lease, pttl_ms = await self._try_acquire(keys, ttl or self.ttl)
         if lease is not None:
             return lease
-        async with self._wakeups.watch(keys.channel) as released:
+        async with self._hub.watch(keys.channel) as released:
             while True:
                 # Subscribed now, so a release after this attempt cannot be missed.
                 released.clear()
@@ -114,8 +115,21 @@ class LeaseManager:
         )
         scripts.check(code, lease.key)
 
-    def heartbeat(self, lease: Lease, on_lost: Heartbeat.OnLost) -> Heartbeat:
-        return Heartbeat(self, lease, self.heartbeat_interval, on_lost)
+    def heartbeat(
+        self,
+        lease: Lease,
+        on_lost: Heartbeat.OnLost,
+        renew: Callable[[], Awaitable[None]] | None = None,
+    ) -> Heartbeat:
+        """A heartbeat for `lease`; `renew` replaces the plain renewal (e.g. one that also
+        reads the holder's pending signals in the same round trip)."""
+        return Heartbeat(
+            lease,
+            self.heartbeat_interval,
+            renew or functools.partial(self.renew, lease),
+            on_lost,
+            self.metrics,
+        )
 
     @contextlib.asynccontextmanager
     async def hold(

@@ -1,10 +1,13 @@
-"""Wake lease waiters when a lease is released, over one pub/sub connection per process.
+"""One pub/sub connection per process, shared by everything that waits on Redis.
 
-A release publishes on the lease's channel (inside the release script). Waiters of this
-process register an event per channel; one reader task sets those events. Waiting is
-never correctness-critical: a lost message (reconnect, expiry, which sends nothing) only
-delays a waiter until its next retry, which `LeaseManager.wait_acquire` caps at the
-holder's remaining TTL.
+Two uses: `watch(channel)` hands out an event that is set on each message of a channel
+while the caller waits (subscribed on the first watcher, unsubscribed after the last), and
+`listen(channel, handler)` subscribes for the life of the process. Any number of waiters
+share the one connection.
+
+Waiting on pub/sub is never what correctness rests on: a message can be lost (reconnect,
+or an expiry, which announces nothing), so every waiter also re-checks Redis after a
+bounded pause. After a reconnect every waiter is woken to re-check at once.
 """
 
 from __future__ import annotations
@@ -12,8 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -24,19 +26,23 @@ log = logging.getLogger(__name__)
 SUBSCRIBE_CONFIRM_TIMEOUT = 1.0
 RECONNECT_DELAY = 0.2
 
+Handler = Callable[[str], None]
 
-class ReleaseWakeups:
-    def __init__(self, redis: Redis) -> None:
+
+class PubSubHub:
+    def __init__(self, redis: Redis, always: dict[str, Handler] | None = None) -> None:
         self._pubsub: PubSub = redis.pubsub()
+        self._handlers: dict[str, Handler] = dict(always or {})
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
         self._commands = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
-        # Subscribed for the life of the process so the connection always exists.
-        self._own_channel = f"lg:wakeups:{uuid.uuid4().hex}"
+        if not self._handlers:
+            # Something must stay subscribed so that the connection exists to read from.
+            self._handlers["lg:hub:idle"] = lambda _: None
 
-    async def start(self) -> None:
-        self._reader = asyncio.create_task(self._read(), name="lease-wakeups")
+    def start(self) -> None:
+        self._reader = asyncio.create_task(self._read(), name="pubsub-hub")
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -48,30 +54,31 @@ class ReleaseWakeups:
 
     @contextlib.asynccontextmanager
     async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:
-        """Yield an event that is set whenever `channel` announces a release."""
+        """Yield an event that is set whenever a message arrives on `channel`."""
         event = asyncio.Event()
         waiters = self._waiters.setdefault(channel, set())
         waiters.add(event)
         try:
-            if len(waiters) == 1:
+            if len(waiters) == 1 and channel not in self._handlers:
                 await self._subscribe(channel)
             yield event
         finally:
             waiters.discard(event)
             if not waiters:
                 del self._waiters[channel]
-                await self._unsubscribe(channel)
+                if channel not in self._handlers:
+                    await self._unsubscribe(channel)
 
     async def _subscribe(self, channel: str) -> None:
         confirmed = self._confirmed[channel] = asyncio.Event()
         try:
             async with self._commands:
                 await self._pubsub.subscribe(channel)
-            # Until Redis confirms, a release could be missed; wait briefly for it.
+            # Until Redis confirms, a message could be missed; wait briefly for it.
             async with asyncio.timeout(SUBSCRIBE_CONFIRM_TIMEOUT):
                 await confirmed.wait()
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("release wakeups: subscribe to %s failed: %r", channel, exc)
+            log.warning("pub/sub: subscribe to %s failed: %r", channel, exc)
 
     async def _unsubscribe(self, channel: str) -> None:
         self._confirmed.pop(channel, None)
@@ -79,35 +86,46 @@ class ReleaseWakeups:
             async with self._commands:
                 await self._pubsub.unsubscribe(channel)
         except (RedisError, OSError) as exc:
-            log.warning("release wakeups: unsubscribe from %s failed: %r", channel, exc)
+            log.warning("pub/sub: unsubscribe from %s failed: %r", channel, exc)
 
     async def _read(self) -> None:
         while True:
             try:
                 if self._pubsub.connection is None:
                     async with self._commands:
-                        await self._pubsub.subscribe(self._own_channel)
+                        await self._pubsub.subscribe(*self._handlers)
                 message = await self._pubsub.get_message(timeout=1.0)
             except (RedisError, OSError) as exc:
-                log.warning("release wakeups: pub/sub connection failed: %r", exc)
-                self._wake_all()  # a release may have been missed while disconnected
+                log.warning("pub/sub: connection failed: %r", exc)
+                self._wake_all()  # a message may have been missed while disconnected
                 await asyncio.sleep(RECONNECT_DELAY)
                 continue
             if message is not None:
                 self._dispatch(message)
 
     def _dispatch(self, message: dict[str, object]) -> None:
-        channel = message["channel"]
-        name = channel.decode() if isinstance(channel, bytes) else str(channel)
+        channel = _text(message["channel"])
         if message["type"] == "subscribe":
-            confirmed = self._confirmed.get(name)
+            confirmed = self._confirmed.get(channel)
             if confirmed is not None:
                 confirmed.set()
-        elif message["type"] == "message":
-            for event in self._waiters.get(name, ()):
-                event.set()
+            return
+        if message["type"] != "message":
+            return
+        handler = self._handlers.get(channel)
+        if handler is not None:
+            try:
+                handler(_text(message["data"]))
+            except Exception:
+                log.exception("pub/sub: handler for %s failed", channel)
+        for event in self._waiters.get(channel, ()):
+            event.set()
 
     def _wake_all(self) -> None:
         for events in self._waiters.values():
             for event in events:
                 event.set()
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
