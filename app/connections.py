@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import TypeVar
+
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app.errors import RedisUnavailableError
 from app.settings import Settings
+
+T = TypeVar("T")
 
 
 def create_redis(settings: Settings) -> Redis:
@@ -22,3 +30,11 @@ def create_redis(settings: Settings) -> Redis:
         retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=2),
         health_check_interval=30,
     )
+
+
+async def guarded(awaitable: Awaitable[T]) -> T:
+    """Await a Redis call; an unreachable Redis becomes RedisUnavailableError."""
+    try:
+        return await awaitable
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise RedisUnavailableError(f"Redis could not be reached ({type(exc).__name__})") from exc

@@ -3,6 +3,14 @@
     LeasegateError
     ├── RedisUnavailableError      Redis could not be reached; nothing was changed
     ├── InvalidKeyError            an id that cannot be turned into a Redis key
+    ├── UnknownAgentError          a request named an agent that is not configured
+    ├── AgentFailedError           an agent could not produce its reply
+    ├── SessionError               (carries .session_id)
+    │   ├── SessionBusyError       busy_policy=reject on a busy session (.active_run_id)
+    │   └── QueueFullError         the session's queue is at its cap
+    ├── RunNotFoundError           no such run (or not the caller's)
+    ├── RunTerminalError           the run already reached a terminal status (.status)
+    └── IdempotencyConflictError   an idempotency key reused with a different request
     └── LeaseError                 (carries .key)
         ├── LeaseNotOwnedError     renew/release by a caller whose token is not the holder's
         ├── LeaseLostError         the lease was lost while held (carries .fence, .reason)
@@ -54,3 +62,48 @@ class LeaseTimeoutError(LeaseError):
     def __init__(self, key: str, timeout: float) -> None:
         super().__init__(key, f"lease {key!r} not acquired within {timeout:g}s")
         self.timeout = timeout
+
+
+class UnknownAgentError(LeasegateError):
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"no agent {agent_id!r} is configured")
+        self.agent_id = agent_id
+
+
+class AgentFailedError(LeasegateError):
+    """An agent's reply failed; the message is recorded as the run's error."""
+
+
+class SessionError(LeasegateError):
+    def __init__(self, session_id: str, message: str) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+
+
+class SessionBusyError(SessionError):
+    def __init__(self, session_id: str, active_run_id: str | None) -> None:
+        super().__init__(session_id, f"session {session_id!r} is running another run")
+        self.active_run_id = active_run_id
+
+
+class QueueFullError(SessionError):
+    def __init__(self, session_id: str, cap: int) -> None:
+        super().__init__(session_id, f"session {session_id!r} already has {cap} queued runs")
+        self.cap = cap
+
+
+class RunNotFoundError(LeasegateError):
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"no run {run_id!r}")
+        self.run_id = run_id
+
+
+class RunTerminalError(LeasegateError):
+    def __init__(self, run_id: str, status: str) -> None:
+        super().__init__(f"run {run_id!r} already ended {status}")
+        self.run_id = run_id
+        self.status = status
+
+
+class IdempotencyConflictError(LeasegateError):
+    """An idempotency key was reused for a different request."""

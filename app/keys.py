@@ -49,3 +49,63 @@ def lease_keys(resource: str) -> LeaseKeys:
         fence=f"{tag}:fence",
         channel=f"{tag}:released",
     )
+
+
+# Channels are not keys: Redis Cluster broadcasts them to every node.
+CONTROL_CHANNEL = f"{NAMESPACE}:control"
+"""Signals to whichever worker holds a session: cancel, interrupt, reset."""
+FINISHED_CHANNEL = f"{NAMESPACE}:finished"
+"""Announces every run that reached a terminal status (payload: run id)."""
+
+_TENANT = re.compile(r"[A-Za-z0-9._\-]{1,64}")
+_SESSION = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def checked_tenant(tenant: str) -> str:
+    if not _TENANT.fullmatch(tenant):
+        raise InvalidKeyError(tenant, "a tenant is 1-64 characters of A-Z a-z 0-9 . _ -")
+    return tenant
+
+
+def checked_session_id(session_id: str) -> str:
+    if not _SESSION.fullmatch(session_id):
+        raise InvalidKeyError(session_id, "a session id is 1-128 characters of A-Z a-z 0-9 . _ : -")
+    return session_id
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKeys:
+    """The keys of one session, all in one hash slot.
+
+    Run records are `<prefix>run:<run_id>`; scripts build those names from `prefix`,
+    which keeps them in the session's slot.
+    """
+
+    lease: LeaseKeys
+    prefix: str
+    state: str
+    queue: str
+    runs: str
+
+    def run(self, run_id: str) -> str:
+        return f"{self.prefix}run:{run_id}"
+
+    def transcript(self, generation: int) -> str:
+        return f"{self.prefix}transcript:{generation}"
+
+    def idempotency(self, digest: str) -> str:
+        return f"{self.prefix}idem:{digest}"
+
+
+def session_keys(tenant: str, session_id: str) -> SessionKeys:
+    # The tenant has no colon, so "s:<tenant>:<session>" names exactly one pair.
+    resource = f"s:{checked_tenant(tenant)}:{checked_session_id(session_id)}"
+    lease = lease_keys(resource)
+    prefix = f"{NAMESPACE}:{{{resource}}}:"
+    return SessionKeys(
+        lease=lease,
+        prefix=prefix,
+        state=f"{prefix}state",
+        queue=f"{prefix}queue",
+        runs=f"{prefix}runs",
+    )

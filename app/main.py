@@ -9,21 +9,27 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import logs, problems
+from app.agents import AgentRegistry
 from app.metrics import Metrics
 from app.resources import Resources
-from app.routers import health
+from app.routers import health, runs, sessions
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: Settings | None = None, metrics: Metrics | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    metrics: Metrics | None = None,
+    agents: AgentRegistry | None = None,
+) -> FastAPI:
     settings = settings if settings is not None else Settings()
     metrics = metrics if metrics is not None else Metrics()
+    agents = agents if agents is not None else AgentRegistry()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        resources = await Resources.open(settings, metrics)
+        resources = await Resources.open(settings, metrics, agents)
         app.state.resources = resources
         log.info(
             "leasegate ready: lease ttl %.3gs, heartbeat %.3gs",
@@ -39,4 +45,6 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
     app = FastAPI(title="leasegate", version="0.1.0", lifespan=lifespan)
     problems.install(app, retry_after_seconds=settings.retry_after_seconds)
     app.include_router(health.router)
+    app.include_router(sessions.router)
+    app.include_router(runs.router)
     return app

@@ -26,3 +26,20 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.admissions = Counter(
+            "leasegate_admissions",
+            "Admission decisions by outcome (started, queued, rejected, queue_full, duplicate).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.runs_finished = Counter(
+            "leasegate_runs_finished",
+            "Runs ended by their holder, by terminal status.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.stale_writes = Counter(
+            "leasegate_stale_fence_writes_refused",
+            "Writes refused because the writer's fence was no longer current.",
+            registry=self.registry,
+        )

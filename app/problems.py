@@ -13,10 +13,17 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import (
+    AgentFailedError,
+    IdempotencyConflictError,
     InvalidKeyError,
     LeasegateError,
     LeaseTimeoutError,
+    QueueFullError,
     RedisUnavailableError,
+    RunNotFoundError,
+    RunTerminalError,
+    SessionBusyError,
+    UnknownAgentError,
 )
 
 log = logging.getLogger(__name__)
@@ -29,14 +36,26 @@ class Problem:
     status: int
     slug: str
     title: str
+    retry_after: bool = False
 
 
 # Most specific first: the first matching class wins.
 PROBLEMS: list[tuple[type[LeasegateError], Problem]] = [
-    (RedisUnavailableError, Problem(503, "redis-unavailable", "Service temporarily unavailable")),
+    (RedisUnavailableError,
+     Problem(503, "redis-unavailable", "Service temporarily unavailable", retry_after=True)),
     (InvalidKeyError, Problem(422, "invalid-id", "Invalid identifier")),
-    (LeaseTimeoutError, Problem(409, "lease-held", "Resource is busy")),
-]
+    (UnknownAgentError, Problem(422, "unknown-agent", "Unknown agent")),
+    (SessionBusyError, Problem(409, "session-busy", "Session is busy", retry_after=True)),
+    (QueueFullError, Problem(429, "queue-full", "Session queue is full", retry_after=True)),
+    (RunNotFoundError, Problem(404, "run-not-found", "Run not found")),
+    (RunTerminalError, Problem(409, "run-terminal", "Run already ended")),
+    (IdempotencyConflictError, Problem(409, "idempotency-conflict", "Idempotency key conflict")),
+    (LeaseTimeoutError, Problem(409, "lease-held", "Resource is busy", retry_after=True)),
+    (AgentFailedError, Problem(502, "agent-failed", "Agent failed")),
+]  # fmt: skip
+
+# Context attributes of an error that are safe to show the caller.
+EXPOSED_ATTRIBUTES = ("session_id", "active_run_id", "run_id", "status", "agent_id")
 INTERNAL = Problem(500, "internal", "Internal server error")
 
 
@@ -62,13 +81,12 @@ def install(app: FastAPI, *, retry_after_seconds: int) -> None:
     async def on_domain_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, LeasegateError)
         problem = next((p for cls, p in PROBLEMS if isinstance(exc, cls)), INTERNAL)
-        headers = None
-        if problem.status == 503:
-            headers = {"Retry-After": str(retry_after_seconds)}
         if problem is INTERNAL:
             log.error("unhandled %s: %s", type(exc).__name__, exc)
             return problem_response(problem, "The request failed.", request)
-        return problem_response(problem, str(exc), request, headers)
+        headers = {"Retry-After": str(retry_after_seconds)} if problem.retry_after else None
+        extra = {a: getattr(exc, a) for a in EXPOSED_ATTRIBUTES if hasattr(exc, a)}
+        return problem_response(problem, str(exc), request, headers, **extra)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -30,18 +30,24 @@ Handler = Callable[[str], None]
 
 
 class PubSubHub:
-    def __init__(self, redis: Redis, always: dict[str, Handler] | None = None) -> None:
+    def __init__(self, redis: Redis) -> None:
         self._pubsub: PubSub = redis.pubsub()
-        self._handlers: dict[str, Handler] = dict(always or {})
+        self._handlers: dict[str, Handler] = {}
         self._waiters: dict[str, set[asyncio.Event]] = {}
         self._confirmed: dict[str, asyncio.Event] = {}
         self._commands = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
+
+    def listen(self, channel: str, handler: Handler) -> None:
+        """Call `handler(data)` for every message on `channel`, for the life of the hub."""
+        if self._reader is not None:
+            raise RuntimeError("listen() is for set-up, before start()")
+        self._handlers[channel] = handler
+
+    def start(self) -> None:
         if not self._handlers:
             # Something must stay subscribed so that the connection exists to read from.
             self._handlers["lg:hub:idle"] = lambda _: None
-
-    def start(self) -> None:
         self._reader = asyncio.create_task(self._read(), name="pubsub-hub")
 
     async def close(self) -> None:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from app.agents import AgentRegistry
 from app.connections import create_redis
+from app.keys import CONTROL_CHANNEL, FINISHED_CHANNEL
 from app.locks import LeaseManager, LeaseScripts
 from app.metrics import Metrics
 from app.pubsub import PubSubHub
+from app.sessions.runner import SessionRunner
+from app.sessions.scripts import SessionScripts
+from app.sessions.store import SessionStore
 from app.settings import Settings
 
 
@@ -18,14 +25,19 @@ class Resources:
     settings: Settings
     redis: Redis
     lease_scripts: LeaseScripts
+    session_scripts: SessionScripts
     hub: PubSubHub
     leases: LeaseManager
+    store: SessionStore
+    runner: SessionRunner
+    agents: AgentRegistry
     metrics: Metrics
 
     @classmethod
-    async def open(cls, settings: Settings, metrics: Metrics) -> Resources:
+    async def open(cls, settings: Settings, metrics: Metrics, agents: AgentRegistry) -> Resources:
         redis = create_redis(settings)
         lease_scripts = LeaseScripts.register(redis)
+        session_scripts = SessionScripts.register(redis)
         hub = PubSubHub(redis)
         leases = LeaseManager(
             redis,
@@ -35,9 +47,30 @@ class Resources:
             heartbeat_interval=settings.heartbeat_interval,
             metrics=metrics,
         )
+        store = SessionStore(
+            redis,
+            session_scripts,
+            lease_ttl=settings.lease_ttl_seconds,
+            retention_seconds=settings.run_retention_seconds,
+            queue_cap=settings.queue_cap,
+            worker=f"{socket.gethostname()}:{os.getpid()}",
+        )
+        runner = SessionRunner(store, leases, agents, metrics)
+        hub.listen(CONTROL_CHANNEL, runner.on_control)
+        hub.listen(FINISHED_CHANNEL, runner.on_finished)
         hub.start()
-        return cls(settings, redis, lease_scripts, hub, leases, metrics)
+        return cls(settings, redis, lease_scripts, session_scripts, hub, leases, store, runner,
+                   agents, metrics)  # fmt: skip
+
+    async def load_scripts(self) -> None:
+        """Make sure every script is in Redis' script cache (readiness)."""
+        scripts = [*self.lease_scripts.all(), *self.session_scripts.all()]
+        present = await self.redis.script_exists(*(s.sha for s in scripts))
+        for script, loaded in zip(scripts, present, strict=True):
+            if not loaded:
+                await self.redis.script_load(script.script)
 
     async def close(self) -> None:
+        await self.runner.close(self.settings.shutdown_grace_seconds)
         await self.hub.close()
         await self.redis.aclose()

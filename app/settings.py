@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -26,6 +27,10 @@ class Settings(BaseSettings):
     )
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
     retry_after_seconds: int = Field(default=2, ge=1)
+    queue_cap: int = Field(default=100, ge=1, description="Queued runs per session at most.")
+    default_busy_policy: Literal["enqueue", "interrupt", "reject"] = "enqueue"
+    run_retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     data_dir: Path = Field(default=Path(".leasegate-data"))
     log_level: str = "INFO"
 

@@ -14,10 +14,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.errors import LeaseNotOwnedError, RedisUnavailableError
+from app.connections import guarded
+from app.errors import LeaseNotOwnedError
 
 
 class Code(IntEnum):
@@ -78,21 +77,13 @@ class LeaseScripts:
             release=redis.register_script(RELEASE),
         )
 
-    async def load(self, redis: Redis) -> None:
-        """Make sure every script is in Redis' script cache (used by readiness)."""
-        scripts = [getattr(self, f.name) for f in fields(self)]
-        present = await redis.script_exists(*(s.sha for s in scripts))
-        for script, loaded in zip(scripts, present, strict=True):
-            if not loaded:
-                await redis.script_load(script.script)
+    def all(self) -> list[AsyncScript]:
+        return [getattr(self, f.name) for f in fields(self)]
 
 
 async def call(script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
     """Run a script; an unreachable Redis becomes RedisUnavailableError."""
-    try:
-        return await script(keys=list(keys), args=list(args))
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise RedisUnavailableError(f"Redis could not be reached ({type(exc).__name__})") from exc
+    return await guarded(script(keys=list(keys), args=list(args)))
 
 
 def check(code: int, key: str) -> None:

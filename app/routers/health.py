@@ -19,7 +19,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(resources: ResourcesDep) -> dict[str, str]:
     try:
         await resources.redis.ping()
-        await resources.lease_scripts.load(resources.redis)
+        await resources.load_scripts()
     except Exception as exc:
         raise RedisUnavailableError(f"not ready: {type(exc).__name__}") from None
     return {"status": "ready"}

@@ -1,0 +1,33 @@
+"""The interface every agent implements."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    role: str  # "user" or "assistant"
+    text: str
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRequest:
+    agent_id: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    history: Callable[[], Awaitable[list[Turn]]] | None = None
+    """Reads the session's conversation so far (current generation), oldest first; a
+    callable so that agents that need no context cost no Redis round trip."""
+
+
+class Agent(Protocol):
+    def stream(self, request: AgentRequest) -> AsyncIterator[str]:
+        """Yield the reply as text deltas; raise AgentFailedError (or a subclass) on failure.
+
+        Cancellation arrives as CancelledError at any await and must not be swallowed.
+        """
+        ...

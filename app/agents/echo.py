@@ -1,0 +1,42 @@
+"""The built-in `echo` agent: replies `echo: <text>` in a few deltas.
+
+`metadata.delay_ms` stretches the reply over that long (capped at 10 minutes), sleeping in
+short steps; `metadata.fail = "error"` makes it raise after the delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from app.agents.base import AgentRequest
+from app.errors import AgentFailedError
+
+MAX_DELAY_MS = 600_000
+DELTAS = 3
+STEP_SECONDS = 0.05
+
+
+class EchoAgent:
+    async def stream(self, request: AgentRequest) -> AsyncIterator[str]:
+        reply = f"echo: {request.text}"
+        delay = _delay_seconds(request.metadata.get("delay_ms"))
+        size = max(1, -(-len(reply) // DELTAS))
+        for start in range(0, len(reply), size):
+            await _sleep_in_steps(delay / DELTAS)
+            yield reply[start : start + size]
+        if request.metadata.get("fail") == "error":
+            raise AgentFailedError("echo agent failed on request (metadata.fail)")
+
+
+def _delay_seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return 0.0
+    return min(float(value), MAX_DELAY_MS) / 1000
+
+
+async def _sleep_in_steps(seconds: float) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while (left := end - loop.time()) > 0:
+        await asyncio.sleep(min(left, STEP_SECONDS))

@@ -1,0 +1,1 @@
+"""Sessions: admission, the holder's drain loop, cancel/stop/reset, run records."""

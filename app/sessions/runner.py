@@ -1,0 +1,254 @@
+"""The holder side of a session: run its runs one after another, stop them on request.
+
+The worker whose admission was granted the session lease runs the session's runs in a
+loop (`_hold`), never by recursion and never by handing the lease to another owner. After
+each run, one script records the outcome and pops the next queued run, or releases the
+session if none is queued, so a message that arrives at that instant is either popped by
+this holder or is granted the lease itself.
+
+Stop, cancel and interrupt reach the holder from any worker over the control channel;
+the heartbeat reads the same request from Redis, so a lost signal is honoured within one
+heartbeat. A reset, or a lease lost any other way, makes every later write of this holder
+stale: it stops the run and leaves the session alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from app.agents import AgentRegistry, AgentRequest
+from app.errors import (
+    LeaseLostError,
+    LeaseNotOwnedError,
+    QueueFullError,
+    RedisUnavailableError,
+    SessionBusyError,
+)
+from app.locks import Lease, LeaseManager
+from app.metrics import Metrics
+from app.sessions.models import Admission, NewRun, Run, RunStatus
+from app.sessions.store import Finished, SessionRef, SessionStore
+
+log = logging.getLogger(__name__)
+
+# Signals that arrive before this worker has registered the run they name (the admission
+# reply and a stop can cross) are kept briefly, by run id.
+EARLY_SIGNALS_KEPT = 10_000
+FINISH_RETRY_DELAY = 0.1
+WAIT_RECHECK = 1.0
+
+STOP_STATUS = {
+    "cancelled": RunStatus.CANCELLED,
+    "interrupted": RunStatus.INTERRUPTED,
+    "timed_out": RunStatus.TIMED_OUT,
+}
+
+
+@dataclass(slots=True)
+class ActiveRun:
+    run: Run
+    task: asyncio.Task[None] | None = None
+    parts: list[str] = field(default_factory=list)
+    stop_reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self.task is not None:
+            self.task.cancel()
+
+
+class SessionRunner:
+    def __init__(
+        self,
+        store: SessionStore,
+        leases: LeaseManager,
+        agents: AgentRegistry,
+        metrics: Metrics,
+    ) -> None:
+        self._store = store
+        self._leases = leases
+        self._agents = agents
+        self._metrics = metrics
+        self._holders: set[asyncio.Task[None]] = set()
+        self._active: dict[str, ActiveRun] = {}
+        self._early_signals: OrderedDict[str, str] = OrderedDict()
+        self._finish_waiters: dict[str, set[asyncio.Event]] = {}
+        self._closing = False
+
+    async def submit(self, session: SessionRef, new: NewRun) -> Admission:
+        try:
+            admission = await self._store.admit(session, new)
+        except (SessionBusyError, QueueFullError) as refused:
+            outcome = "rejected" if isinstance(refused, SessionBusyError) else "queue_full"
+            self._metrics.admissions.labels(outcome).inc()
+            log.info("admission %s: session=%s", outcome, session.session_id)
+            raise
+        outcome = "duplicate" if admission.duplicate else "started" if admission.start else "queued"
+        self._metrics.admissions.labels(outcome).inc()
+        log.info("admission %s: session=%s run=%s position=%d", outcome, session.session_id,
+                 admission.run_id, admission.queue_position)  # fmt: skip
+        if admission.start is not None:
+            hold = admission.start
+            lease = Lease(
+                session.keys.lease, hold.token, hold.fence, self._store.lease_ttl,
+                hold.granted_at + self._store.lease_ttl,
+            )  # fmt: skip
+            task = asyncio.create_task(self._hold(session, lease, hold.first_run))
+            self._holders.add(task)
+            task.add_done_callback(self._holders.discard)
+        return admission
+
+    async def wait(self, session: SessionRef, run_id: str, timeout: float) -> Run:
+        """The run once terminal, or as it is when `timeout` seconds have passed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        event = asyncio.Event()
+        waiters = self._finish_waiters.setdefault(run_id, set())
+        waiters.add(event)
+        try:
+            while True:
+                event.clear()  # before reading, so a finish after the read still wakes us
+                run = await self._store.get_run(session, run_id)
+                remaining = deadline - loop.time()
+                if run.status.terminal or remaining <= 0:
+                    return run
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(remaining, WAIT_RECHECK)):
+                        await event.wait()
+        finally:
+            waiters.discard(event)
+            if not waiters:
+                self._finish_waiters.pop(run_id, None)
+
+    def on_control(self, payload: str) -> None:
+        """A stop signal for a run, published by any worker."""
+        message = json.loads(payload)
+        run_id, reason = str(message["run_id"]), str(message["reason"])
+        active = self._active.get(run_id)
+        if active is not None:
+            active.stop(reason)
+            return
+        self._early_signals[run_id] = reason
+        while len(self._early_signals) > EARLY_SIGNALS_KEPT:
+            self._early_signals.popitem(last=False)
+
+    def on_finished(self, run_id: str) -> None:
+        for event in self._finish_waiters.get(run_id, ()):
+            event.set()
+
+    async def close(self, grace: float) -> None:
+        """Interrupt every run of this worker, record it, and release its sessions."""
+        self._closing = True
+        for active in list(self._active.values()):
+            active.stop("interrupted")
+        if self._holders:
+            _, pending = await asyncio.wait(set(self._holders), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+
+    async def _hold(self, session: SessionRef, lease: Lease, first: Run) -> None:
+        run: Run | None = first
+        while run is not None:
+            outcome = await self._execute(session, lease, run)
+            if outcome is None:
+                return
+            run = await self._finish(session, lease, run, outcome)
+
+    async def _execute(self, session: SessionRef, lease: Lease, run: Run) -> Finished | None:
+        """Run the agent under the lease's heartbeat; None when the lease was lost."""
+        active = ActiveRun(run)
+        self._active[run.run_id] = active
+        active.task = asyncio.create_task(self._run_agent(session, active))
+        early = self._early_signals.pop(run.run_id, None) or run.cancel_requested
+        if early is not None or self._closing:
+            active.stop(early or "interrupted")
+
+        def on_lost(_: LeaseLostError) -> None:
+            active.stop("lost")
+
+        heartbeat = self._leases.heartbeat(
+            lease, on_lost, renew=functools.partial(self._renew, session, lease)
+        )
+        heartbeat.start()
+        try:
+            await asyncio.wait([active.task])
+        finally:
+            active.task.cancel()  # only does something when this holder itself is cancelled
+            await heartbeat.stop()
+            self._active.pop(run.run_id, None)
+        if active.stop_reason in ("lost", "reset") or heartbeat.lost is not None:
+            self._metrics.stale_writes.inc()
+            log.warning("session %s: run %s ends without writing: lease lost (fence %d)",
+                        session.session_id, run.run_id, lease.fence)  # fmt: skip
+            return None
+        return self._outcome(active)
+
+    def _outcome(self, active: ActiveRun) -> Finished:
+        assert active.task is not None
+        output = "".join(active.parts)
+        if active.task.cancelled():
+            status = STOP_STATUS.get(active.stop_reason or "", RunStatus.CANCELLED)
+            return Finished(status, output, f"run {status.value}")
+        error = active.task.exception()
+        if error is not None:
+            log.warning("run %s failed: %s", active.run.run_id, error)
+            return Finished(RunStatus.FAILED, output, str(error) or type(error).__name__)
+        return Finished(RunStatus.COMPLETED, output)
+
+    async def _run_agent(self, session: SessionRef, active: ActiveRun) -> None:
+        run = active.run
+        request = AgentRequest(
+            agent_id=run.agent_id,
+            text=run.input,
+            metadata=run.metadata,
+            history=functools.partial(self._store.transcript_turns, session, run.generation),
+        )
+        async for delta in self._agents.get(run.agent_id).stream(request):
+            active.parts.append(delta)
+
+    async def _renew(self, session: SessionRef, lease: Lease) -> None:
+        signal = await self._store.renew(session, lease)
+        if signal is not None:
+            run_id, reason = signal
+            active = self._active.get(run_id)
+            if active is not None and active.stop_reason is None:
+                log.info("session %s: stop signal for run %s read by the heartbeat",
+                         session.session_id, run_id)  # fmt: skip
+                active.stop(reason)
+
+    async def _finish(
+        self, session: SessionRef, lease: Lease, run: Run, outcome: Finished
+    ) -> Run | None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                next_run = await self._store.finish(
+                    session, lease, run, outcome, release=self._closing
+                )
+            except LeaseNotOwnedError:
+                self._metrics.stale_writes.inc()
+                log.warning("session %s: outcome of run %s refused: fence %d is stale",
+                            session.session_id, run.run_id, lease.fence)  # fmt: skip
+                return None
+            except RedisUnavailableError:
+                if loop.time() + FINISH_RETRY_DELAY >= lease.valid_until - lease.ttl / 5:
+                    log.error(
+                        "session %s: outcome of run %s not recorded, Redis unreachable; "
+                        "the run will be recovered as lost",
+                        session.session_id,
+                        run.run_id,
+                    )
+                    return None
+                await asyncio.sleep(FINISH_RETRY_DELAY)
+                continue
+            self._metrics.runs_finished.labels(outcome.status.value).inc()
+            return next_run

@@ -1,0 +1,315 @@
+"""The Lua scripts that change a session, each one atomic step.
+
+Conventions shared by all of them:
+- every key is in the session's hash slot; a run record is `prefix .. 'run:' .. run_id`,
+  built in the script from ARGV `prefix`, which carries the session's hash tag;
+- timestamps come from Redis' own clock (TIME), one clock for every worker;
+- a run reaches a terminal status only from `queued` or `running`, so no terminal status
+  ever changes, whoever writes second;
+- every terminal transition is announced on the finished channel; every signal to a
+  session's holder on the control channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from enum import IntEnum
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+
+class SessionCode(IntEnum):
+    STARTED = 0
+    QUEUED = 1
+    REJECTED = 2
+    QUEUE_FULL = 3
+    DUPLICATE = 4
+    STALE = 5
+    NEXT = 6
+    RELEASED = 7
+    NOT_FOUND = 8
+    TERMINAL = 9
+    CANCEL_REQUESTED = 10
+    CANCELLED = 11
+    OK = 12
+    NOT_OWNED = 13
+
+
+_HELPERS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A run that is queued or running ends with `status`; announced on the finished channel.
+local function finish_run(prefix, run_id, status, error, now, finished_channel)
+  local key = prefix .. 'run:' .. run_id
+  local current = redis.call('HGET', key, 'status')
+  if current ~= 'queued' and current ~= 'running' then return false end
+  redis.call('HSET', key, 'status', status, 'finished_at', now, 'error', error)
+  redis.call('PUBLISH', finished_channel, run_id)
+  return true
+end
+
+-- Pop queued runs until one is still queued; mark it running under this holder.
+-- KEYS[3] is the session state, KEYS[4] the queue.
+local function pop_next(prefix, fence, worker, now)
+  while true do
+    local run_id = redis.call('LPOP', KEYS[4])
+    if not run_id then
+      redis.call('HSET', KEYS[3], 'active_run', '')
+      return nil
+    end
+    local key = prefix .. 'run:' .. run_id
+    if redis.call('HGET', key, 'status') == 'queued' then
+      redis.call('HSET', key, 'status', 'running', 'started_at', now, 'fence', fence,
+                 'worker', worker)
+      redis.call('HSET', KEYS[3], 'active_run', run_id)
+      return run_id
+    end
+  end
+end
+
+-- Cancel every queued run; returns their ids.
+local function cancel_queue(prefix, reason, now, finished_channel)
+  local cancelled = {}
+  for _, run_id in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+    if finish_run(prefix, run_id, 'cancelled', reason, now, finished_channel) then
+      table.insert(cancelled, run_id)
+    end
+  end
+  redis.call('DEL', KEYS[4])
+  return cancelled
+end
+
+local function signal_holder(control_channel, resource, run_id, reason)
+  redis.call('PUBLISH', control_channel,
+             cjson.encode({resource = resource, run_id = run_id, reason = reason}))
+end
+"""
+
+# Admission: take the session, or queue, or refuse, in one step.
+# KEYS[1] lease, KEYS[2] fence, KEYS[3] state, KEYS[4] queue, KEYS[5] runs index,
+#   KEYS[6] the new run, KEYS[7] idempotency key (unused when ARGV[7] is '0')
+# ARGV[1] token, ARGV[2] lease ttl ms, ARGV[3] prefix, ARGV[4] run id, ARGV[5] busy policy,
+#   ARGV[6] queue cap, ARGV[7] '1' if an idempotency key is given, ARGV[8] retention ms,
+#   ARGV[9] worker, ARGV[10] finished channel, ARGV[11] control channel, ARGV[12] resource,
+#   ARGV[13..] field, value pairs of the new run record
+# Returns {DUPLICATE, run_id} | {REJECTED, active_run} | {QUEUE_FULL, length}
+#   | {QUEUED, position, active_run}
+#   | {STARTED, fence, position, first run's HGETALL...}: the caller holds the lease and
+#     must run `first` (the new run, or the head of a queue a lost holder left behind).
+ADMIT = (
+    _HELPERS
+    + """
+local prefix, run_id, policy = ARGV[3], ARGV[4], ARGV[5]
+local retention, worker = tonumber(ARGV[8]), ARGV[9]
+if ARGV[7] == '1' then
+  local existing = redis.call('GET', KEYS[7])
+  if existing then return {4, existing} end
+end
+local now = now_ms()
+local generation = redis.call('HGET', KEYS[3], 'generation')
+if not generation then
+  generation = '1'
+  redis.call('HSET', KEYS[3], 'generation', generation)
+end
+local granted = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+local active = redis.call('HGET', KEYS[3], 'active_run') or ''
+local length = redis.call('LLEN', KEYS[4])
+if not granted then
+  if policy == 'reject' then return {2, active} end
+  if length >= tonumber(ARGV[6]) then return {3, length} end
+end
+
+redis.call('HSET', KEYS[6], 'status', 'queued', 'created_at', now, 'generation', generation,
+           unpack(ARGV, 13))
+redis.call('PEXPIRE', KEYS[6], retention)
+redis.call('ZADD', KEYS[5], now, run_id)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - retention)
+redis.call('PEXPIRE', KEYS[5], retention)
+redis.call('PEXPIRE', KEYS[3], retention)
+if ARGV[7] == '1' then redis.call('SET', KEYS[7], run_id, 'PX', retention) end
+
+if not granted then
+  if policy == 'interrupt' then
+    redis.call('LPUSH', KEYS[4], run_id)
+    if active ~= '' and redis.call('HGET', prefix .. 'run:' .. active, 'status') == 'running' then
+      redis.call('HSET', prefix .. 'run:' .. active, 'cancel_requested', 'interrupted')
+      signal_holder(ARGV[11], ARGV[12], active, 'interrupted')
+    end
+    return {1, 1, active}
+  end
+  return {1, redis.call('RPUSH', KEYS[4], run_id), active}
+end
+
+-- Granted. A run still marked running belonged to a holder whose lease expired.
+local fence = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], retention)
+if active ~= '' then
+  finish_run(prefix, active, 'lost', 'the worker running it stopped renewing its lease',
+             now, ARGV[10])
+end
+local position = redis.call('RPUSH', KEYS[4], run_id) - 1
+local first = pop_next(prefix, fence, worker, now)
+local result = {0, fence, position}
+for _, v in ipairs(redis.call('HGETALL', prefix .. 'run:' .. first)) do
+  table.insert(result, v)
+end
+return result
+"""
+)
+
+# The holder ends its current run and takes the next, or releases the session.
+# KEYS[1] lease, KEYS[2] fence, KEYS[3] state, KEYS[4] queue, KEYS[5] the run,
+#   KEYS[6] transcript of the run's generation
+# ARGV[1] token, ARGV[2] fence, ARGV[3] lease ttl ms, ARGV[4] prefix, ARGV[5] run id,
+#   ARGV[6] status, ARGV[7] output, ARGV[8] error, ARGV[9] retention ms, ARGV[10] worker,
+#   ARGV[11] user turn (JSON), ARGV[12] assistant turn (JSON or ''),
+#   ARGV[13] '1' to release even if runs are queued (shutdown), ARGV[14] finished channel
+# Returns {STALE} when the fence is no longer current (nothing written);
+#   {NEXT, the next run's HGETALL...} with the lease renewed; {RELEASED}.
+FINISH = (
+    _HELPERS
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return {5}
+end
+local prefix, status, retention = ARGV[4], ARGV[6], tonumber(ARGV[9])
+local now = now_ms()
+if redis.call('HGET', KEYS[5], 'status') == 'running' then
+  redis.call('HSET', KEYS[5], 'status', status, 'output', ARGV[7], 'error', ARGV[8],
+             'finished_at', now)
+  redis.call('PEXPIRE', KEYS[5], retention)
+  if status == 'completed' or status == 'interrupted' then
+    redis.call('RPUSH', KEYS[6], ARGV[11])
+    if ARGV[12] ~= '' then redis.call('RPUSH', KEYS[6], ARGV[12]) end
+    redis.call('PEXPIRE', KEYS[6], retention)
+  end
+  redis.call('PUBLISH', ARGV[14], ARGV[5])
+end
+if ARGV[13] ~= '1' then
+  local next_run = pop_next(prefix, ARGV[2], ARGV[10], now)
+  if next_run then
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    local result = {6}
+    for _, v in ipairs(redis.call('HGETALL', prefix .. 'run:' .. next_run)) do
+      table.insert(result, v)
+    end
+    return result
+  end
+end
+redis.call('HSET', KEYS[3], 'active_run', '')
+redis.call('DEL', KEYS[1])
+return {7}
+"""
+)
+
+# The holder's heartbeat: renew, and read a cancel request for the active run, so that a
+# lost pub/sub signal is still honoured within one heartbeat.
+# KEYS[1] lease, KEYS[2] state
+# ARGV[1] token, ARGV[2] lease ttl ms, ARGV[3] prefix
+# Returns {NOT_OWNED} | {OK} | {OK, active run id, requested reason}
+RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {13} end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local active = redis.call('HGET', KEYS[2], 'active_run')
+if active and active ~= '' then
+  local reason = redis.call('HGET', ARGV[3] .. 'run:' .. active, 'cancel_requested')
+  if reason then return {12, active, reason} end
+end
+return {12}
+"""
+
+# Cancel one run: a queued one is cancelled here; a running one is asked to stop.
+# KEYS[1] the run, KEYS[2] queue
+# ARGV[1] prefix, ARGV[2] run id, ARGV[3] finished channel, ARGV[4] control channel,
+#   ARGV[5] resource
+# Returns {NOT_FOUND} | {CANCELLED} | {CANCEL_REQUESTED} | {TERMINAL, status}
+CANCEL = (
+    _HELPERS
+    + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {8} end
+if status == 'queued' then
+  redis.call('LREM', KEYS[2], 0, ARGV[2])
+  finish_run(ARGV[1], ARGV[2], 'cancelled', 'cancelled by request', now_ms(), ARGV[3])
+  return {11}
+end
+if status == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', 'cancelled')
+  signal_holder(ARGV[4], ARGV[5], ARGV[2], 'cancelled')
+  return {10}
+end
+return {9, status}
+"""
+)
+
+# Stop a session: cancel every queued run and ask the holder to stop the active one.
+# KEYS[1] lease, KEYS[2] fence, KEYS[3] state, KEYS[4] queue
+# ARGV[1] prefix, ARGV[2] finished channel, ARGV[3] control channel, ARGV[4] resource
+# Returns the ids of the runs cancelled or asked to stop (the active one last).
+STOP = (
+    _HELPERS
+    + """
+local cancelled = cancel_queue(ARGV[1], 'session stopped', now_ms(), ARGV[2])
+local active = redis.call('HGET', KEYS[3], 'active_run')
+if active and active ~= '' and
+   redis.call('HGET', ARGV[1] .. 'run:' .. active, 'status') == 'running' then
+  redis.call('HSET', ARGV[1] .. 'run:' .. active, 'cancel_requested', 'cancelled')
+  signal_holder(ARGV[3], ARGV[4], active, 'cancelled')
+  table.insert(cancelled, active)
+end
+return cancelled
+"""
+)
+
+# Reset a session: cancel everything, free the session and bump the fence and the
+# generation, all at once. The old holder's writes are refused from here on.
+# KEYS[1] lease, KEYS[2] fence, KEYS[3] state, KEYS[4] queue
+# ARGV[1] prefix, ARGV[2] finished channel, ARGV[3] control channel, ARGV[4] resource,
+#   ARGV[5] retention ms
+# Returns {generation, cancelled run ids...}
+RESET = (
+    _HELPERS
+    + """
+local now = now_ms()
+local cancelled = cancel_queue(ARGV[1], 'session reset', now, ARGV[2])
+local active = redis.call('HGET', KEYS[3], 'active_run')
+if active and active ~= '' and
+   finish_run(ARGV[1], active, 'cancelled', 'session reset', now, ARGV[2]) then
+  signal_holder(ARGV[3], ARGV[4], active, 'reset')
+  table.insert(cancelled, active)
+end
+redis.call('DEL', KEYS[1])
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[5])
+local generation = redis.call('HINCRBY', KEYS[3], 'generation', 1)
+if generation == 1 then generation = redis.call('HINCRBY', KEYS[3], 'generation', 1) end
+redis.call('HSET', KEYS[3], 'active_run', '')
+redis.call('PEXPIRE', KEYS[3], ARGV[5])
+local result = {generation}
+for _, run_id in ipairs(cancelled) do table.insert(result, run_id) end
+return result
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionScripts:
+    admit: AsyncScript
+    finish: AsyncScript
+    renew: AsyncScript
+    cancel: AsyncScript
+    stop: AsyncScript
+    reset: AsyncScript
+
+    @classmethod
+    def register(cls, redis: Redis) -> SessionScripts:
+        sources = {"admit": ADMIT, "finish": FINISH, "renew": RENEW, "cancel": CANCEL,
+                   "stop": STOP, "reset": RESET}  # fmt: skip
+        return cls(**{name: redis.register_script(src) for name, src in sources.items()})
+
+    def all(self) -> list[AsyncScript]:
+        return [getattr(self, f.name) for f in fields(self)]
