@@ -37,6 +37,7 @@ class PubSubHub:
         self._confirmed: dict[str, asyncio.Event] = {}
         self._commands = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
+        self._closed = False
 
     def listen(self, channel: str, handler: Handler) -> None:
         """Call `handler(data)` for every message on `channel`, for the life of the hub."""
@@ -51,10 +52,13 @@ class PubSubHub:
         self._reader = asyncio.create_task(self._read(), name="pubsub-hub")
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        self._closed = True
+        reader, self._reader = self._reader, None
+        # A cancel that lands as redis-py's read timeout fires can be swallowed (Python 3.11's
+        # asyncio.timeout); the `_closed` flag and a repeated cancel end the reader anyway.
+        while reader is not None and not reader.done():
+            reader.cancel()
+            await asyncio.wait([reader], timeout=0.1)
         with contextlib.suppress(RedisError, OSError):
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
@@ -95,7 +99,7 @@ class PubSubHub:
             log.warning("pub/sub: unsubscribe from %s failed: %r", channel, exc)
 
     async def _read(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 if self._pubsub.connection is None:
                     async with self._commands:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
+import httpx
 import pytest
+from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from app.locks import LeaseManager, LeaseScripts
@@ -82,3 +85,12 @@ async def leases(
 ) -> AsyncIterator[LeaseManager]:
     async with LeaseStack(redis_server.url, metrics, ttl=2.0, heartbeat=0.5) as manager:
         yield manager
+
+
+@asynccontextmanager
+async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process HTTP client for `app`, with its lifespan run around it."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://leasegate") as client:
+            yield client

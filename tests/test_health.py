@@ -2,23 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
-import httpx
-from fastapi import FastAPI
-
 from app.main import create_app
 from app.redis_server import RedisServer
-from tests.conftest import make_settings
-
-
-@asynccontextmanager
-async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://leasegate") as client:
-            yield client
+from tests.conftest import client_for, make_settings
 
 
 async def test_healthz_and_readyz(redis_server: RedisServer) -> None:

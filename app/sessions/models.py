@@ -54,6 +54,7 @@ class Run:
     output: str | None = None
     error: str | None = None
     created_at: int | None = None
+    """Times are microseconds since the epoch on Redis' clock."""
     started_at: int | None = None
     finished_at: int | None = None
     fence: int | None = None
@@ -143,7 +144,7 @@ class SessionView:
         }
 
 
-def _iso(epoch_ms: int | None) -> str | None:
-    if epoch_ms is None:
+def _iso(epoch_us: int | None) -> str | None:
+    if epoch_us is None:
         return None
-    return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(epoch_us / 1_000_000, UTC).isoformat(timespec="microseconds")

@@ -3,7 +3,7 @@
 Conventions shared by all of them:
 - every key is in the session's hash slot; a run record is `prefix .. 'run:' .. run_id`,
   built in the script from ARGV `prefix`, which carries the session's hash tag;
-- timestamps come from Redis' own clock (TIME), one clock for every worker;
+- timestamps come from Redis' own clock (TIME, in microseconds), one clock for every worker;
 - a run reaches a terminal status only from `queued` or `running`, so no terminal status
   ever changes, whoever writes second;
 - every terminal transition is announced on the finished channel; every signal to a
@@ -37,9 +37,11 @@ class SessionCode(IntEnum):
 
 
 _HELPERS = """
-local function now_ms()
+-- Microseconds: fine enough that two admissions never share a timestamp (Redis runs
+-- scripts one at a time), so created_at orders runs as admitted.
+local function now_us()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return t[1] .. string.format('%06d', tonumber(t[2]))
 end
 
 -- A run that is queued or running ends with `status`; announced on the finished channel.
@@ -109,7 +111,7 @@ if ARGV[7] == '1' then
   local existing = redis.call('GET', KEYS[7])
   if existing then return {4, existing} end
 end
-local now = now_ms()
+local now = now_us()
 local generation = redis.call('HGET', KEYS[3], 'generation')
 if not generation then
   generation = '1'
@@ -127,7 +129,7 @@ redis.call('HSET', KEYS[6], 'status', 'queued', 'created_at', now, 'generation',
            unpack(ARGV, 13))
 redis.call('PEXPIRE', KEYS[6], retention)
 redis.call('ZADD', KEYS[5], now, run_id)
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - retention)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', tonumber(now) - retention * 1000)
 redis.call('PEXPIRE', KEYS[5], retention)
 redis.call('PEXPIRE', KEYS[3], retention)
 if ARGV[7] == '1' then redis.call('SET', KEYS[7], run_id, 'PX', retention) end
@@ -177,7 +179,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2
   return {5}
 end
 local prefix, status, retention = ARGV[4], ARGV[6], tonumber(ARGV[9])
-local now = now_ms()
+local now = now_us()
 if redis.call('HGET', KEYS[5], 'status') == 'running' then
   redis.call('HSET', KEYS[5], 'status', status, 'output', ARGV[7], 'error', ARGV[8],
              'finished_at', now)
@@ -234,7 +236,7 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {8} end
 if status == 'queued' then
   redis.call('LREM', KEYS[2], 0, ARGV[2])
-  finish_run(ARGV[1], ARGV[2], 'cancelled', 'cancelled by request', now_ms(), ARGV[3])
+  finish_run(ARGV[1], ARGV[2], 'cancelled', 'cancelled by request', now_us(), ARGV[3])
   return {11}
 end
 if status == 'running' then
@@ -253,7 +255,7 @@ return {9, status}
 STOP = (
     _HELPERS
     + """
-local cancelled = cancel_queue(ARGV[1], 'session stopped', now_ms(), ARGV[2])
+local cancelled = cancel_queue(ARGV[1], 'session stopped', now_us(), ARGV[2])
 local active = redis.call('HGET', KEYS[3], 'active_run')
 if active and active ~= '' and
    redis.call('HGET', ARGV[1] .. 'run:' .. active, 'status') == 'running' then
@@ -274,7 +276,7 @@ return cancelled
 RESET = (
     _HELPERS
     + """
-local now = now_ms()
+local now = now_us()
 local cancelled = cancel_queue(ARGV[1], 'session reset', now, ARGV[2])
 local active = redis.call('HGET', KEYS[3], 'active_run')
 if active and active ~= '' and
