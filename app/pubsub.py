@@ -38,6 +38,7 @@ class PubSubHub:
         self._commands = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
+        self._background: set[asyncio.Task[None]] = set()
 
     def listen(self, channel: str, handler: Handler) -> None:
         """Call `handler(data)` for every message on `channel`, for the life of the hub."""
@@ -53,6 +54,8 @@ class PubSubHub:
 
     async def close(self) -> None:
         self._closed = True
+        for task in list(self._background):
+            task.cancel()
         reader, self._reader = self._reader, None
         # A cancel that lands as redis-py's read timeout fires can be swallowed (Python 3.11's
         # asyncio.timeout); the `_closed` flag and a repeated cancel end the reader anyway.
@@ -77,7 +80,10 @@ class PubSubHub:
             if not waiters:
                 del self._waiters[channel]
                 if channel not in self._handlers:
-                    await self._unsubscribe(channel)
+                    # In the background: the caller (a new lease holder) need not wait.
+                    task = asyncio.create_task(self._unsubscribe(channel))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
 
     async def _subscribe(self, channel: str) -> None:
         confirmed = self._confirmed[channel] = asyncio.Event()
@@ -91,9 +97,11 @@ class PubSubHub:
             log.warning("pub/sub: subscribe to %s failed: %r", channel, exc)
 
     async def _unsubscribe(self, channel: str) -> None:
-        self._confirmed.pop(channel, None)
         try:
             async with self._commands:
+                if channel in self._waiters:
+                    return  # a new watcher came meanwhile and needs the subscription
+                self._confirmed.pop(channel, None)
                 await self._pubsub.unsubscribe(channel)
         except (RedisError, OSError) as exc:
             log.warning("pub/sub: unsubscribe from %s failed: %r", channel, exc)
