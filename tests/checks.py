@@ -1,0 +1,26 @@
+"""Checkers over run records read back from the API."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime
+from typing import Any
+
+
+def _t(value: str) -> datetime:
+    return datetime.fromisoformat(value)
+
+
+def run_violations(runs: list[dict[str, Any]]) -> list[str]:
+    """Runs of one session that overlapped, ran out of admission order, or whose fences fell."""
+    found = []
+    started = sorted((r for r in runs if r["started_at"]), key=lambda r: _t(r["started_at"]))
+    for before, after in itertools.pairwise(started):
+        if before["finished_at"] is None or _t(after["started_at"]) < _t(before["finished_at"]):
+            found.append(f"{after['run_id']} started before {before['run_id']} finished")
+        if after["fence"] < before["fence"]:
+            found.append(f"fence fell from {before['fence']} to {after['fence']}")
+    by_admission = sorted(started, key=lambda r: _t(r["created_at"]))
+    if [r["run_id"] for r in by_admission] != [r["run_id"] for r in started]:
+        found.append("runs did not start in admission order")
+    return found
