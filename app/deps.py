@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Header, Path, Request
 
+from app.errors import AuthError
 from app.resources import Resources
 from app.sessions.runner import SessionRunner
 from app.sessions.store import SessionRef, SessionStore
 
-DEFAULT_TENANT = "default"
+log = logging.getLogger(__name__)
 
 
 async def get_resources(request: Request) -> Resources:
@@ -29,8 +31,30 @@ async def get_runner(resources: ResourcesDep) -> SessionRunner:
     return resources.runner
 
 
-async def get_tenant() -> str:
-    return DEFAULT_TENANT
+async def get_tenant(
+    request: Request,
+    resources: ResourcesDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> str:
+    try:
+        return resources.api_keys.tenant(authorization)
+    except AuthError as exc:
+        log.warning("authentication failed: %s %s: %s", request.method, request.url.path, exc)
+        raise
+
+
+async def require_internal(
+    request: Request,
+    resources: ResourcesDep,
+    x_internal_secret: Annotated[str | None, Header(include_in_schema=False)] = None,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    try:
+        resources.internal_secret.check(x_internal_secret, authorization)
+    except AuthError as exc:
+        log.warning("internal authentication failed: %s %s: %s",
+                    request.method, request.url.path, exc)  # fmt: skip
+        raise
 
 
 StoreDep = Annotated[SessionStore, Depends(get_store)]

@@ -10,7 +10,13 @@
     │   └── QueueFullError         the session's queue is at its cap
     ├── RunNotFoundError           no such run (or not the caller's)
     ├── RunTerminalError           the run already reached a terminal status (.status)
-    └── IdempotencyConflictError   an idempotency key reused with a different request
+    ├── IdempotencyConflictError   an idempotency key reused with a different request
+    ├── SessionNotFoundError       no such session for this tenant
+    ├── ExecutionNotFoundError     no such scheduled execution
+    ├── EndpointDisabledError      a feature that is not configured (e.g. /internal without secret)
+    └── AuthError
+        ├── UnauthenticatedError   no usable credentials (missing, wrong scheme)
+        └── ForbiddenError         credentials presented but not valid here
     └── LeaseError                 (carries .key)
         ├── LeaseNotOwnedError     renew/release by a caller whose token is not the holder's
         ├── LeaseLostError         the lease was lost while held (carries .fence, .reason)
@@ -107,3 +113,31 @@ class RunTerminalError(LeasegateError):
 
 class IdempotencyConflictError(LeasegateError):
     """An idempotency key was reused for a different request."""
+
+
+class SessionNotFoundError(LeasegateError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"no session {session_id!r}")
+        self.session_id = session_id
+
+
+class ExecutionNotFoundError(LeasegateError):
+    def __init__(self, execution_id: str) -> None:
+        super().__init__(f"no execution {execution_id!r}")
+        self.execution_id = execution_id
+
+
+class EndpointDisabledError(LeasegateError):
+    """The endpoint exists only when configured; it answers as if it did not exist."""
+
+
+class AuthError(LeasegateError):
+    """Authentication failed; the message never contains what was presented."""
+
+
+class UnauthenticatedError(AuthError):
+    pass
+
+
+class ForbiddenError(AuthError):
+    pass

@@ -109,3 +109,8 @@ def session_keys(tenant: str, session_id: str) -> SessionKeys:
         queue=f"{prefix}queue",
         runs=f"{prefix}runs",
     )
+
+
+def execution_key(execution_id: str) -> str:
+    """A scheduled execution's record: which session and run it became, and its fingerprint."""
+    return f"{NAMESPACE}:{{x:{checked(execution_id)}}}:execution"

@@ -12,7 +12,7 @@ from app import logs, problems
 from app.agents import AgentRegistry
 from app.metrics import Metrics
 from app.resources import Resources
-from app.routers import health, runs, sessions
+from app.routers import health, internal, runs, sessions
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ def create_app(
             settings.lease_ttl_seconds,
             settings.heartbeat_interval,
         )
+        _announce_auth(settings)
         try:
             yield
         finally:
@@ -47,4 +48,17 @@ def create_app(
     app.include_router(health.router)
     app.include_router(sessions.router)
     app.include_router(runs.router)
+    app.include_router(internal.router)
     return app
+
+
+def _announce_auth(settings: Settings) -> None:
+    if not settings.api_keys:
+        log.warning("no LEASEGATE_API_KEYS: /v1 is open, single-tenant mode (tenant 'default'); "
+                    "set LEASEGATE_REQUIRE_AUTH=true to refuse this")  # fmt: skip
+    else:
+        tenants = sorted(set(settings.api_keys.values()))
+        log.info("/v1 requires an API key; %d key(s) for tenants %s", len(settings.api_keys),
+                 ", ".join(tenants))  # fmt: skip
+    if settings.internal_secret is None:
+        log.warning("no LEASEGATE_INTERNAL_SECRET: /internal endpoints are disabled (404)")

@@ -14,6 +14,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import (
     AgentFailedError,
+    EndpointDisabledError,
+    ExecutionNotFoundError,
+    ForbiddenError,
     IdempotencyConflictError,
     InvalidKeyError,
     LeasegateError,
@@ -23,6 +26,8 @@ from app.errors import (
     RunNotFoundError,
     RunTerminalError,
     SessionBusyError,
+    SessionNotFoundError,
+    UnauthenticatedError,
     UnknownAgentError,
 )
 
@@ -52,10 +57,17 @@ PROBLEMS: list[tuple[type[LeasegateError], Problem]] = [
     (IdempotencyConflictError, Problem(409, "idempotency-conflict", "Idempotency key conflict")),
     (LeaseTimeoutError, Problem(409, "lease-held", "Resource is busy", retry_after=True)),
     (AgentFailedError, Problem(502, "agent-failed", "Agent failed")),
+    (SessionNotFoundError, Problem(404, "session-not-found", "Session not found")),
+    (ExecutionNotFoundError, Problem(404, "execution-not-found", "Execution not found")),
+    (EndpointDisabledError, Problem(404, "http-404", "Not Found")),
+    (UnauthenticatedError, Problem(401, "unauthenticated", "Authentication required")),
+    (ForbiddenError, Problem(403, "forbidden", "Credentials not accepted")),
 ]  # fmt: skip
 
 # Context attributes of an error that are safe to show the caller.
-EXPOSED_ATTRIBUTES = ("session_id", "active_run_id", "run_id", "status", "agent_id")
+EXPOSED_ATTRIBUTES = (
+    "session_id", "active_run_id", "run_id", "status", "agent_id", "execution_id",
+)  # fmt: skip
 INTERNAL = Problem(500, "internal", "Internal server error")
 
 
@@ -85,6 +97,8 @@ def install(app: FastAPI, *, retry_after_seconds: int) -> None:
             log.error("unhandled %s: %s", type(exc).__name__, exc)
             return problem_response(problem, "The request failed.", request)
         headers = {"Retry-After": str(retry_after_seconds)} if problem.retry_after else None
+        if problem.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
         extra = {a: getattr(exc, a) for a in EXPOSED_ATTRIBUTES if hasattr(exc, a)}
         return problem_response(problem, str(exc), request, headers, **extra)
 

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from app.agents import AgentRegistry
+from app.auth import ApiKeys, InternalSecret
 from app.connections import create_redis
+from app.executions import ExecutionStore
 from app.keys import CONTROL_CHANNEL, FINISHED_CHANNEL
 from app.locks import LeaseManager, LeaseScripts
 from app.metrics import Metrics
@@ -31,6 +33,9 @@ class Resources:
     store: SessionStore
     runner: SessionRunner
     agents: AgentRegistry
+    executions: ExecutionStore
+    api_keys: ApiKeys
+    internal_secret: InternalSecret
     metrics: Metrics
 
     @classmethod
@@ -59,8 +64,13 @@ class Resources:
         hub.listen(CONTROL_CHANNEL, runner.on_control)
         hub.listen(FINISHED_CHANNEL, runner.on_finished)
         hub.start()
-        return cls(settings, redis, lease_scripts, session_scripts, hub, leases, store, runner,
-                   agents, metrics)  # fmt: skip
+        executions = ExecutionStore(redis, retention_seconds=settings.run_retention_seconds)
+        secret = settings.internal_secret
+        return cls(
+            settings, redis, lease_scripts, session_scripts, hub, leases, store, runner, agents,
+            executions, ApiKeys(settings.api_keys),
+            InternalSecret(secret.get_secret_value() if secret else None), metrics,
+        )  # fmt: skip
 
     async def load_scripts(self) -> None:
         """Make sure every script is in Redis' script cache (readiness)."""

@@ -6,18 +6,25 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.keys import checked_tenant
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 REDIS_SCHEMES = {"redis", "rediss", "unix"}
+MIN_SECRET_LENGTH = 8
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LEASEGATE_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a rejected value may be a secret (a key, a URL with a password).
+    model_config = SettingsConfigDict(
+        env_prefix="LEASEGATE_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     redis_url: str | None = Field(
         default=None,
+        repr=False,  # may carry a password
         description="Redis to use. Unset: `leasegate serve` starts an embedded redis-server; "
         f"a bare app factory uses {DEFAULT_REDIS_URL}.",
     )
@@ -31,6 +38,19 @@ class Settings(BaseSettings):
     default_busy_policy: Literal["enqueue", "interrupt", "reject"] = "enqueue"
     run_retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    task_timeout_seconds: float = Field(
+        default=7200, gt=0, le=7200, description="Default deadline of a scheduled task's run."
+    )
+    internal_secret: SecretStr | None = Field(
+        default=None, repr=False, description="Shared secret of /internal/*; unset: they are off."
+    )
+    api_keys: dict[str, str] = Field(
+        default_factory=dict, repr=False, description='JSON {"<api key>": "<tenant>", ...}'
+    )
+    require_auth: bool = False
+    internal_tenant: str = Field(
+        default="default", description="Tenant of scheduled tasks that name none."
+    )
     data_dir: Path = Field(default=Path(".leasegate-data"))
     log_level: str = "INFO"
 
@@ -55,6 +75,37 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"LEASEGATE_REDIS_URL has an invalid port: {exc}") from None
         return value
+
+    @field_validator("internal_secret")
+    @classmethod
+    def _check_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        if len(value.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(f"LEASEGATE_INTERNAL_SECRET must be at least {MIN_SECRET_LENGTH} "
+                             "characters")  # fmt: skip
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, tenant in value.items():
+            if len(key) < MIN_SECRET_LENGTH:
+                raise ValueError(f"LEASEGATE_API_KEYS: every key must be at least "
+                                 f"{MIN_SECRET_LENGTH} characters (tenant {tenant!r})")  # fmt: skip
+            checked_tenant(tenant)  # an InvalidKeyError is a ValueError: a clear message
+        return value
+
+    @field_validator("internal_tenant")
+    @classmethod
+    def _check_internal_tenant(cls, value: str) -> str:
+        return checked_tenant(value)
+
+    @model_validator(mode="after")
+    def _check_auth_required(self) -> Settings:
+        if self.require_auth and not self.api_keys:
+            raise ValueError("LEASEGATE_REQUIRE_AUTH is set but LEASEGATE_API_KEYS has no keys")
+        return self
 
     @model_validator(mode="after")
     def _check_heartbeat(self) -> Settings:

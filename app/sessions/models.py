@@ -39,6 +39,7 @@ class NewRun:
     busy_policy: BusyPolicy
     metadata: dict[str, Any] = field(default_factory=dict)
     idempotency_key: str | None = None
+    timeout_seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ class Run:
     fence: int | None = None
     worker: str | None = None
     cancel_requested: str | None = None
+    timeout_seconds: float | None = None
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> Run:
@@ -84,6 +86,7 @@ class Run:
             fence=number("fence"),
             worker=fields.get("worker") or None,
             cancel_requested=fields.get("cancel_requested") or None,
+            timeout_seconds=int(fields["timeout_ms"]) / 1000 if fields.get("timeout_ms") else None,
         )
 
     def public(self) -> dict[str, Any]:
@@ -102,6 +105,7 @@ class Run:
             "finished_at": _iso(self.finished_at),
             "fence": self.fence,
             "worker": self.worker,
+            "timeout_seconds": self.timeout_seconds,
         }
 
 

@@ -179,9 +179,15 @@ class SessionRunner:
             lease, on_lost, renew=functools.partial(self._renew, session, lease)
         )
         heartbeat.start()
+        deadline = None
+        if run.timeout_seconds is not None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.call_later(run.timeout_seconds, active.stop, "timed_out")
         try:
             await asyncio.wait([active.task])
         finally:
+            if deadline is not None:
+                deadline.cancel()
             active.task.cancel()  # only does something when this holder itself is cancelled
             await heartbeat.stop()
             self._active.pop(run.run_id, None)

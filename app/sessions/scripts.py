@@ -251,10 +251,12 @@ return {9, status}
 # Stop a session: cancel every queued run and ask the holder to stop the active one.
 # KEYS[1] lease, KEYS[2] fence, KEYS[3] state, KEYS[4] queue
 # ARGV[1] prefix, ARGV[2] finished channel, ARGV[3] control channel, ARGV[4] resource
-# Returns the ids of the runs cancelled or asked to stop (the active one last).
+# Returns {NOT_FOUND} for a session that does not exist; else {OK, run ids...}: the runs
+#   cancelled or asked to stop (the active one last).
 STOP = (
     _HELPERS
     + """
+if redis.call('EXISTS', KEYS[3]) == 0 then return {8} end
 local cancelled = cancel_queue(ARGV[1], 'session stopped', now_us(), ARGV[2])
 local active = redis.call('HGET', KEYS[3], 'active_run')
 if active and active ~= '' and
@@ -263,6 +265,7 @@ if active and active ~= '' and
   signal_holder(ARGV[3], ARGV[4], active, 'cancelled')
   table.insert(cancelled, active)
 end
+table.insert(cancelled, 1, 12)
 return cancelled
 """
 )
@@ -272,10 +275,11 @@ return cancelled
 # KEYS[1] lease, KEYS[2] fence, KEYS[3] state, KEYS[4] queue
 # ARGV[1] prefix, ARGV[2] finished channel, ARGV[3] control channel, ARGV[4] resource,
 #   ARGV[5] retention ms
-# Returns {generation, cancelled run ids...}
+# Returns {NOT_FOUND} for a session that does not exist; else {OK, generation, run ids...}
 RESET = (
     _HELPERS
     + """
+if redis.call('EXISTS', KEYS[3]) == 0 then return {8} end
 local now = now_us()
 local cancelled = cancel_queue(ARGV[1], 'session reset', now, ARGV[2])
 local active = redis.call('HGET', KEYS[3], 'active_run')
@@ -291,7 +295,7 @@ local generation = redis.call('HINCRBY', KEYS[3], 'generation', 1)
 if generation == 1 then generation = redis.call('HINCRBY', KEYS[3], 'generation', 1) end
 redis.call('HSET', KEYS[3], 'active_run', '')
 redis.call('PEXPIRE', KEYS[3], ARGV[5])
-local result = {generation}
+local result = {12, generation}
 for _, run_id in ipairs(cancelled) do table.insert(result, run_id) end
 return result
 """

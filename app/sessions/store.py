@@ -22,6 +22,7 @@ from app.errors import (
     RunNotFoundError,
     RunTerminalError,
     SessionBusyError,
+    SessionNotFoundError,
 )
 from app.keys import CONTROL_CHANNEL, FINISHED_CHANNEL, SessionKeys, session_keys
 from app.locks import Lease
@@ -87,6 +88,7 @@ class SessionStore:
             "metadata": json.dumps(new.metadata, separators=(",", ":")),
             "busy_policy": new.busy_policy.value,
             "idempotency_key": new.idempotency_key or "",
+            "timeout_ms": _ms(new.timeout_seconds) if new.timeout_seconds else "",
         }
         sent = asyncio.get_running_loop().time()
         reply = await guarded(
@@ -189,7 +191,9 @@ class SessionStore:
                 args=[keys.prefix, FINISHED_CHANNEL, CONTROL_CHANNEL, session.resource],
             )
         )
-        return [_text(run_id) for run_id in reply]
+        if SessionCode(reply[0]) == SessionCode.NOT_FOUND:
+            raise SessionNotFoundError(session.session_id)
+        return [_text(run_id) for run_id in reply[1:]]
 
     async def reset(self, session: SessionRef) -> tuple[int, list[str]]:
         keys = session.keys
@@ -200,7 +204,9 @@ class SessionStore:
                       self._retention_ms],
             )
         )  # fmt: skip
-        return int(reply[0]), [_text(run_id) for run_id in reply[1:]]
+        if SessionCode(reply[0]) == SessionCode.NOT_FOUND:
+            raise SessionNotFoundError(session.session_id)
+        return int(reply[1]), [_text(run_id) for run_id in reply[2:]]
 
     def locate(self, run_id: str, tenant: str) -> SessionRef:
         run_tenant, session_id = locate_run(run_id)
@@ -222,6 +228,8 @@ class SessionStore:
             pipe.lrange(keys.queue, 0, -1)
             busy, state, queued = await guarded(pipe.execute())
         state = _decode(state)
+        if not state:
+            raise SessionNotFoundError(session.session_id)
         active = None
         if state.get("active_run"):
             try:
@@ -238,7 +246,12 @@ class SessionStore:
 
     async def list_runs(self, session: SessionRef, offset: int, limit: int) -> list[Run]:
         keys = session.keys
-        run_ids = await guarded(self._redis.zrevrange(keys.runs, offset, offset + limit - 1))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.state)
+            pipe.zrevrange(keys.runs, offset, offset + limit - 1)
+            exists, run_ids = await guarded(pipe.execute())
+        if not exists:
+            raise SessionNotFoundError(session.session_id)
         if not run_ids:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -249,9 +262,17 @@ class SessionStore:
 
     async def transcript(self, session: SessionRef) -> tuple[int, list[dict[str, Any]]]:
         state = _decode(await guarded(self._redis.hgetall(session.keys.state)))
+        if not state:
+            raise SessionNotFoundError(session.session_id)
         generation = int(state.get("generation") or 1)
         turns = await guarded(self._redis.lrange(session.keys.transcript(generation), 0, -1))
         return generation, [json.loads(turn) for turn in turns]
+
+    async def find_by_idempotency_key(self, session: SessionRef, key: str) -> Run:
+        run_id = await guarded(self._redis.get(session.keys.idempotency(_digest(key))))
+        if run_id is None:
+            raise RunNotFoundError(key)
+        return await self.get_run(session, _text(run_id))
 
     async def transcript_turns(self, session: SessionRef, generation: int) -> list[Turn]:
         turns = await guarded(self._redis.lrange(session.keys.transcript(generation), 0, -1))

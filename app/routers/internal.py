@@ -1,0 +1,99 @@
+"""Endpoints for the scheduler, behind the internal shared secret."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.deps import ResourcesDep, RunnerDep, StoreDep, require_internal
+from app.errors import IdempotencyConflictError
+from app.executions import Execution
+from app.routers.schemas import MetadataField
+from app.sessions.models import BusyPolicy, NewRun
+from app.sessions.store import SessionRef
+
+router = APIRouter(prefix="/internal", tags=["internal"], dependencies=[Depends(require_internal)])
+
+SAFE_ID = r"^[A-Za-z0-9._:\-]+$"
+
+
+class TaskIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: str = Field(min_length=1, max_length=64, pattern=SAFE_ID)
+    execution_id: str = Field(min_length=1, max_length=200, pattern=SAFE_ID)
+    message: str = Field(min_length=1, max_length=32_000)
+    session_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=SAFE_ID)
+    tenant: str | None = Field(default=None, min_length=1, max_length=64,
+                               pattern=r"^[A-Za-z0-9._\-]+$")  # fmt: skip
+    timeout_seconds: float | None = Field(default=None, ge=1, le=7200)
+    busy_policy: BusyPolicy = BusyPolicy.REJECT
+    metadata: MetadataField = Field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@router.post("/execute-task", status_code=202)
+async def execute_task(
+    task: TaskIn,
+    resources: ResourcesDep,
+    runner: RunnerDep,
+    wait: Annotated[float | None, Query(gt=0, le=60)] = None,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+) -> JSONResponse:
+    agent_id = resources.agents.resolve(task.agent_id)
+    tenant = task.tenant or resources.settings.internal_tenant
+    session_id = task.session_id or f"task:{agent_id}"
+    session = SessionRef.of(tenant, session_id)
+    claimed = await resources.executions.claim(
+        Execution(
+            task.execution_id,
+            tenant,
+            session_id,
+            task.fingerprint(),
+            idempotency_key or task.execution_id,
+        )
+    )
+    if claimed.fingerprint != task.fingerprint():
+        raise IdempotencyConflictError(
+            f"execution {task.execution_id!r} was already submitted with a different request"
+        )
+    admission = await runner.submit(
+        session,
+        NewRun(
+            text=task.message,
+            agent_id=agent_id,
+            busy_policy=task.busy_policy,
+            metadata=task.metadata,
+            idempotency_key=claimed.run_idempotency_key,
+            timeout_seconds=task.timeout_seconds or resources.settings.task_timeout_seconds,
+        ),
+    )
+    replay = {"idempotent_replay": True} if admission.duplicate else {}
+    if wait is not None:
+        run = await runner.wait(session, admission.run_id, wait)
+        if run.status.terminal:
+            body = run.public() | {"execution_id": task.execution_id} | replay
+            return JSONResponse(body, status_code=200)
+    return JSONResponse(
+        {"execution_id": task.execution_id, "run_id": admission.run_id,
+         "session_id": session_id, "status": admission.status.value} | replay,
+        status_code=202,
+    )  # fmt: skip
+
+
+@router.get("/executions/{execution_id}")
+async def get_execution(
+    execution_id: str, resources: ResourcesDep, store: StoreDep
+) -> dict[str, Any]:
+    execution = await resources.executions.get(execution_id)
+    session = SessionRef.of(execution.tenant, execution.session_id)
+    run = await store.find_by_idempotency_key(session, execution.run_idempotency_key)
+    return run.public() | {"execution_id": execution_id}
