@@ -16,6 +16,7 @@ from app.metrics import Metrics
 from app.pubsub import PubSubHub
 from app.redis_server import RedisServer
 from app.settings import Settings
+from tests.servers import Servers, running_servers
 
 
 @pytest.fixture(scope="session")
@@ -94,3 +95,12 @@ async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://leasegate") as client:
             yield client
+
+
+@pytest.fixture(scope="session")
+def servers(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Servers]:
+    """Real multi-process servers (API keys and internal secret set), shared by the suite."""
+    with running_servers(redis_server.url, tmp_path_factory.mktemp("servers")) as running:
+        yield running

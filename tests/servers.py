@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from app.redis_server import free_port
 from tests.waiting import wait_until_sync
 
 
@@ -59,3 +62,43 @@ def uvicorn_command(port: int, workers: int) -> list[str]:
         sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app",
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
     ]  # fmt: skip
+
+
+API_KEYS = {"key-acme-0001": "acme", "key-globex-0002": "globex"}
+INTERNAL_SECRET = "internal-secret-0003"
+ACME = {"Authorization": "Bearer key-acme-0001"}
+GLOBEX = {"Authorization": "Bearer key-globex-0002"}
+INTERNAL = {"X-Internal-Secret": INTERNAL_SECRET}
+
+
+@dataclass(frozen=True)
+class Servers:
+    """Two server processes on one Redis: uvicorn with 4 workers, and one with 1 worker."""
+
+    four_workers: str
+    other_process: str
+    logs: Path
+
+
+def client(url: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    """A client for one of the servers, as tenant acme unless other headers are given."""
+    return httpx.AsyncClient(base_url=url, timeout=30, headers=ACME if headers is None else headers)
+
+
+@contextmanager
+def running_servers(redis_url: str, logs: Path) -> Iterator[Servers]:
+    env = base_env(
+        LEASEGATE_REDIS_URL=redis_url,
+        LEASEGATE_LEASE_TTL_SECONDS="3",
+        LEASEGATE_SHUTDOWN_GRACE_SECONDS="1",
+        LEASEGATE_LOG_LEVEL="WARNING",
+        LEASEGATE_API_KEYS=json.dumps(API_KEYS),
+        LEASEGATE_INTERNAL_SECRET=INTERNAL_SECRET,
+    )
+    port_a, port_b = free_port(), free_port()
+    url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+    with (
+        server_process(uvicorn_command(port_a, 4), env, logs / "a.log", url_a),
+        server_process(uvicorn_command(port_b, 1), env, logs / "b.log", url_b),
+    ):
+        yield Servers(url_a, url_b, logs)

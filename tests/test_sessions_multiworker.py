@@ -6,46 +6,17 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import httpx
 import pytest
 
-from app.redis_server import RedisServer, free_port
 from tests.checks import run_violations
-from tests.servers import base_env, server_process, uvicorn_command
+from tests.servers import Servers, client
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.multiprocess
-
-
-@dataclass(frozen=True)
-class Servers:
-    four_workers: str
-    other_process: str
-
-
-@pytest.fixture(scope="module")
-def servers(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Servers]:
-    logs = tmp_path_factory.mktemp("servers")
-    env = base_env(
-        LEASEGATE_REDIS_URL=redis_server.url,
-        LEASEGATE_LEASE_TTL_SECONDS="3",
-        LEASEGATE_SHUTDOWN_GRACE_SECONDS="1",
-        LEASEGATE_LOG_LEVEL="WARNING",
-    )
-    port_a, port_b = free_port(), free_port()
-    url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
-    with (
-        server_process(uvicorn_command(port_a, 4), env, logs / "a.log", url_a),
-        server_process(uvicorn_command(port_b, 1), env, logs / "b.log", url_b),
-    ):
-        yield Servers(url_a, url_b)
 
 
 def new_session() -> str:
@@ -54,22 +25,20 @@ def new_session() -> str:
 
 async def post(url: str, session: str, text: str, **body: Any) -> dict[str, Any]:
     # A fresh connection per message, so the kernel spreads them over the workers.
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        response = await client.post(
-            f"/v1/sessions/{session}/messages", json={"text": text, **body}
-        )
+    async with client(url) as http:
+        response = await http.post(f"/v1/sessions/{session}/messages", json={"text": text, **body})
     assert response.status_code == 202, response.text
     result: dict[str, Any] = response.json()
     return result
 
 
 async def all_runs(url: str, session: str) -> list[dict[str, Any]]:
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+    async with client(url) as http:
         runs: list[dict[str, Any]] = []
         offset: int | None = 0
         while offset is not None:
-            page = (await client.get(f"/v1/sessions/{session}/runs",
-                                     params={"limit": 100, "offset": offset})).json()  # fmt: skip
+            page = (await http.get(f"/v1/sessions/{session}/runs",
+                                   params={"limit": 100, "offset": offset})).json()  # fmt: skip
             runs.extend(page["runs"])
             offset = page["next_offset"]
     return runs
@@ -87,9 +56,13 @@ async def wait_all_terminal(
 
 
 async def session_state(url: str, session: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=url) as client:
-        state: dict[str, Any] = (await client.get(f"/v1/sessions/{session}")).json()
+    async with client(url) as http:
+        state: dict[str, Any] = (await http.get(f"/v1/sessions/{session}")).json()
     return state
+
+
+async def is_running(http: httpx.AsyncClient, run_id: str) -> bool:
+    return bool((await http.get(f"/v1/runs/{run_id}")).json()["status"] == "running")
 
 
 async def test_a_burst_of_50_messages_runs_one_at_a_time_in_admission_order(
@@ -131,23 +104,23 @@ async def test_stop_from_another_process_stops_the_holders_run_promptly(servers:
     session = new_session()
     running = await post(servers.other_process, session, "long", metadata={"delay_ms": 60_000})
     queued = await post(servers.other_process, session, "queued")
-    async with httpx.AsyncClient(base_url=servers.four_workers) as client:
-        await wait_until(lambda: _is_running(client, running["run_id"]), what="run started")
+    async with client(servers.four_workers) as http:
+        await wait_until(lambda: is_running(http, running["run_id"]), what="run started")
         asked_at = time.time()
-        stopped = (await client.post(f"/v1/sessions/{session}/stop")).json()
+        stopped = (await http.post(f"/v1/sessions/{session}/stop")).json()
         assert sorted(stopped["cancelled"]) == sorted([running["run_id"], queued["run_id"]])
 
         async def cancelled() -> bool:
-            run = (await client.get(f"/v1/runs/{running['run_id']}")).json()
+            run = (await http.get(f"/v1/runs/{running['run_id']}")).json()
             return bool(run["status"] == "cancelled")
 
         await wait_until(cancelled, 5, "the holder to stop the run")
-        run = (await client.get(f"/v1/runs/{running['run_id']}")).json()
+        run = (await http.get(f"/v1/runs/{running['run_id']}")).json()
         stop_latency = datetime.fromisoformat(run["finished_at"]).timestamp() - asked_at
         print(f"stop latency across processes: {stop_latency * 1000:.1f} ms")
         assert stop_latency < 0.5
-        after = await client.post(f"/v1/sessions/{session}/messages", params={"wait": 10},
-                                  json={"text": "after stop"})  # fmt: skip
+        after = await http.post(f"/v1/sessions/{session}/messages", params={"wait": 10},
+                                json={"text": "after stop"})  # fmt: skip
         assert after.status_code == 200 and after.json()["status"] == "completed"
 
 
@@ -155,30 +128,26 @@ async def test_cancel_and_reset_from_another_process(servers: Servers) -> None:
     session = new_session()
     doomed = await post(servers.other_process, session, "doomed",
                         metadata={"delay_ms": 500, "fail": "error"})  # fmt: skip
-    async with httpx.AsyncClient(base_url=servers.four_workers, timeout=30) as client:
-        await wait_until(lambda: _is_running(client, doomed["run_id"]), what="run started")
-        reset = (await client.post(f"/v1/sessions/{session}/reset")).json()
+    async with client(servers.four_workers) as http:
+        await wait_until(lambda: is_running(http, doomed["run_id"]), what="run started")
+        reset = (await http.post(f"/v1/sessions/{session}/reset")).json()
         assert reset["generation"] == 2
-        fresh = await client.post(f"/v1/sessions/{session}/messages", params={"wait": 10},
-                                  json={"text": "fresh", "busy_policy": "reject"})  # fmt: skip
+        fresh = await http.post(f"/v1/sessions/{session}/messages", params={"wait": 10},
+                                json={"text": "fresh", "busy_policy": "reject"})  # fmt: skip
         assert fresh.status_code == 200 and fresh.json()["status"] == "completed"
-        turns = (await client.get(f"/v1/sessions/{session}/transcript")).json()["turns"]
+        turns = (await http.get(f"/v1/sessions/{session}/transcript")).json()["turns"]
         assert [t["text"] for t in turns] == ["fresh", "echo: fresh"]
         slow = await post(servers.other_process, session, "slow", metadata={"delay_ms": 60_000})
-        await wait_until(lambda: _is_running(client, slow["run_id"]), what="run started")
-        cancelled = await client.post(f"/v1/runs/{slow['run_id']}/cancel")
+        await wait_until(lambda: is_running(http, slow["run_id"]), what="run started")
+        cancelled = await http.post(f"/v1/runs/{slow['run_id']}/cancel")
         assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
     assert (await session_state(servers.other_process, session))["state"] == "idle"
 
 
-async def _is_running(client: httpx.AsyncClient, run_id: str) -> bool:
-    return bool((await client.get(f"/v1/runs/{run_id}")).json()["status"] == "running")
-
-
 def test_the_checker_catches_overlapping_and_out_of_order_runs() -> None:
     def run(run_id: str, created: int, start: int, end: int, fence: int = 1) -> dict[str, Any]:
-        def iso(s: int) -> str:
-            return datetime.fromtimestamp(1_800_000_000 + s / 1000).isoformat()
+        def iso(ms: int) -> str:
+            return datetime.fromtimestamp(1_800_000_000 + ms / 1000).isoformat()
 
         return {"run_id": run_id, "created_at": iso(created), "started_at": iso(start),
                 "finished_at": iso(end), "fence": fence}  # fmt: skip

@@ -38,3 +38,24 @@ def test_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_invalid_settings_are_refused_clearly(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Settings(**overrides)  # type: ignore[arg-type]
+
+
+def test_require_auth_refuses_to_start_without_keys() -> None:
+    with pytest.raises(ValidationError, match="LEASEGATE_REQUIRE_AUTH"):
+        Settings(require_auth=True)
+    assert Settings(require_auth=True, api_keys={"long-enough-key": "acme"}).require_auth
+
+
+def test_api_keys_from_the_environment_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEASEGATE_API_KEYS", '{"key-number-one": "acme", "key-number-two": "b"}')
+    assert Settings().api_keys == {"key-number-one": "acme", "key-number-two": "b"}
+    monkeypatch.setenv("LEASEGATE_API_KEYS", '{"short": "acme"}')
+    with pytest.raises(ValidationError, match="at least 8"):
+        Settings()
+    monkeypatch.setenv("LEASEGATE_API_KEYS", '{"long-enough-key": "bad tenant"}')
+    with pytest.raises(ValidationError, match="tenant"):
+        Settings()
+    monkeypatch.setenv("LEASEGATE_API_KEYS", '{"long-enough-key": "acme"}')
+    monkeypatch.setenv("LEASEGATE_INTERNAL_SECRET", "short")
+    with pytest.raises(ValidationError, match="INTERNAL_SECRET"):
+        Settings()
