@@ -5,6 +5,9 @@
     ├── InvalidKeyError            an id that cannot be turned into a Redis key
     ├── UnknownAgentError          a request named an agent that is not configured
     ├── AgentFailedError           an agent could not produce its reply
+    │   └── SubscriptionFailureError  the upstream refused a subscription (.kind)
+    ├── AgentsConfigError          the agents file is not valid
+    ├── UnknownSubscriptionError   a subscription id the agent does not have
     ├── SessionError               (carries .session_id)
     │   ├── SessionBusyError       busy_policy=reject on a busy session (.active_run_id)
     │   └── QueueFullError         the session's queue is at its cap
@@ -78,6 +81,28 @@ class UnknownAgentError(LeasegateError):
 
 class AgentFailedError(LeasegateError):
     """An agent's reply failed; the message is recorded as the run's error."""
+
+
+class SubscriptionFailureError(AgentFailedError):
+    """The upstream refused the subscription: `kind` is "rate_limit" or "auth"."""
+
+    def __init__(self, kind: str, subscription_id: str | None, detail: str = "") -> None:
+        super().__init__(
+            f"subscription {subscription_id!r} refused ({kind}){': ' + detail if detail else ''}"
+        )
+        self.kind = kind
+        self.subscription_id = subscription_id
+
+
+class AgentsConfigError(LeasegateError):
+    """The agents file is not valid; the message says where."""
+
+
+class UnknownSubscriptionError(LeasegateError):
+    def __init__(self, agent_id: str, subscription_id: str) -> None:
+        super().__init__(f"agent {agent_id!r} has no subscription {subscription_id!r}")
+        self.agent_id = agent_id
+        self.subscription_id = subscription_id
 
 
 class SessionError(LeasegateError):

@@ -15,6 +15,15 @@ class Turn:
 
 
 @dataclass(frozen=True, slots=True)
+class Subscription:
+    """Credentials of an account at an LLM provider, as one run uses them."""
+
+    id: str
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class AgentRequest:
     agent_id: str
     text: str
@@ -22,12 +31,23 @@ class AgentRequest:
     history: Callable[[], Awaitable[list[Turn]]] | None = None
     """Reads the session's conversation so far (current generation), oldest first; a
     callable so that agents that need no context cost no Redis round trip."""
+    subscription: Subscription | None = None
+    """The subscription the run uses; None for agents without subscriptions."""
 
 
 class Agent(Protocol):
     def stream(self, request: AgentRequest) -> AsyncIterator[str]:
-        """Yield the reply as text deltas; raise AgentFailedError (or a subclass) on failure.
+        """Yield the reply as text deltas; raise AgentFailedError (or a subclass) on failure,
+        SubscriptionFailureError when the upstream refuses the subscription.
 
         Cancellation arrives as CancelledError at any await and must not be swallowed.
         """
+        ...
+
+    def drop_clients(self) -> None:
+        """Forget cached upstream clients (after a subscription switch)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close upstream connections at shutdown."""
         ...

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from app.agents.base import AgentRequest
-from app.errors import AgentFailedError
+from app.errors import AgentFailedError, SubscriptionFailureError
 
 MAX_DELAY_MS = 600_000
 DELTAS = 3
@@ -18,7 +18,13 @@ STEP_SECONDS = 0.05
 
 
 class EchoAgent:
+    """`metadata.exhausted_subscriptions: [ids]` makes a run on one of those subscriptions
+    fail as the upstream would when it refuses a subscription (rate limit)."""
+
     async def stream(self, request: AgentRequest) -> AsyncIterator[str]:
+        exhausted = request.metadata.get("exhausted_subscriptions") or []
+        if request.subscription is not None and request.subscription.id in exhausted:
+            raise SubscriptionFailureError("rate_limit", request.subscription.id, "simulated")
         reply = f"echo: {request.text}"
         delay = _delay_seconds(request.metadata.get("delay_ms"))
         size = max(1, -(-len(reply) // DELTAS))
@@ -27,6 +33,12 @@ class EchoAgent:
             yield reply[start : start + size]
         if request.metadata.get("fail") == "error":
             raise AgentFailedError("echo agent failed on request (metadata.fail)")
+
+    def drop_clients(self) -> None:
+        """The echo agent holds no upstream clients."""
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
 
 
 def _delay_seconds(value: object) -> float:
