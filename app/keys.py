@@ -114,3 +114,28 @@ def session_keys(tenant: str, session_id: str) -> SessionKeys:
 def execution_key(execution_id: str) -> str:
     """A scheduled execution's record: which session and run it became, and its fingerprint."""
     return f"{NAMESPACE}:{{x:{checked(execution_id)}}}:execution"
+
+
+RELOAD_CHANNEL = f"{NAMESPACE}:reload"
+"""Announces an agent whose subscription changed (payload: agent id): drop cached clients."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentKeys:
+    """The keys of one agent's subscription state, all in one hash slot with its switch lease."""
+
+    lease: LeaseKeys
+    assignment: str
+    failures: str
+    events: str
+
+
+def agent_keys(agent_id: str) -> AgentKeys:
+    lease = lease_keys(f"a:{checked(agent_id)}")
+    prefix = f"{NAMESPACE}:{{{lease.resource}}}:"
+    return AgentKeys(
+        lease=lease,
+        assignment=f"{prefix}assignment",
+        failures=f"{prefix}failures",
+        events=f"{prefix}events",
+    )

@@ -12,6 +12,7 @@ from app import logs, problems
 from app.agents import AgentRegistry
 from app.metrics import Metrics
 from app.resources import Resources
+from app.routers import agents as agents_router
 from app.routers import health, internal, runs, sessions
 from app.settings import Settings
 
@@ -25,7 +26,7 @@ def create_app(
 ) -> FastAPI:
     settings = settings if settings is not None else Settings()
     metrics = metrics if metrics is not None else Metrics()
-    agents = agents if agents is not None else AgentRegistry()
+    agents = agents if agents is not None else AgentRegistry.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,6 +50,7 @@ def create_app(
     app.include_router(sessions.router)
     app.include_router(runs.router)
     app.include_router(internal.router)
+    app.include_router(agents_router.router)
     return app
 
 

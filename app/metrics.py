@@ -43,3 +43,9 @@ class Metrics:
             "Writes refused because the writer's fence was no longer current.",
             registry=self.registry,
         )
+        self.switches = Counter(
+            "leasegate_subscription_switches",
+            "Subscription failure handling by outcome (switched, stale, no_alternative, manual).",
+            ["outcome"],
+            registry=self.registry,
+        )

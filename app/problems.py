@@ -29,6 +29,7 @@ from app.errors import (
     SessionNotFoundError,
     UnauthenticatedError,
     UnknownAgentError,
+    UnknownSubscriptionError,
 )
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ PROBLEMS: list[tuple[type[LeasegateError], Problem]] = [
      Problem(503, "redis-unavailable", "Service temporarily unavailable", retry_after=True)),
     (InvalidKeyError, Problem(422, "invalid-id", "Invalid identifier")),
     (UnknownAgentError, Problem(422, "unknown-agent", "Unknown agent")),
+    (UnknownSubscriptionError, Problem(422, "unknown-subscription", "Unknown subscription")),
     (SessionBusyError, Problem(409, "session-busy", "Session is busy", retry_after=True)),
     (QueueFullError, Problem(429, "queue-full", "Session queue is full", retry_after=True)),
     (RunNotFoundError, Problem(404, "run-not-found", "Run not found")),

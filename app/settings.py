@@ -51,6 +51,19 @@ class Settings(BaseSettings):
     internal_tenant: str = Field(
         default="default", description="Tenant of scheduled tasks that name none."
     )
+    agents_file: Path | None = Field(
+        default=None, description="TOML file of agents and subscriptions; unset: one echo agent."
+    )
+    subscription_failure_window_seconds: float = Field(default=7200, gt=0)
+    switch_lease_ttl_seconds: float = Field(default=10.0, gt=0)
+    switch_wait_timeout_seconds: float = Field(default=15.0, gt=0)
+    events_max_length: int = Field(default=10_000, ge=100)
+    webhook_url: SecretStr | None = Field(
+        default=None, repr=False, description="POSTed once per subscription switch."
+    )
+    upstream_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    upstream_read_timeout_seconds: float = Field(default=60.0, gt=0)
+    upstream_max_retries: int = Field(default=2, ge=0, le=10)
     data_dir: Path = Field(default=Path(".leasegate-data"))
     log_level: str = "INFO"
 

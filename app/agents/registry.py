@@ -1,22 +1,62 @@
-"""Which agent runs for an `agent_id`."""
+"""Which agent runs for an `agent_id`, and which subscriptions it may use."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 from collections.abc import Mapping
 
-from app.agents.base import Agent
+from app.agents.base import Agent, Subscription
+from app.agents.config import AgentConfig, AgentsConfig, default_config, load_agents_file
 from app.agents.echo import EchoAgent
 from app.errors import UnknownAgentError
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 DEFAULT_AGENT = "echo"
 
 
 class AgentRegistry:
-    def __init__(self, agents: Mapping[str, Agent] | None = None, default: str = DEFAULT_AGENT):
-        self._agents: dict[str, Agent] = dict(agents) if agents else {"echo": EchoAgent()}
-        if default not in self._agents:
-            raise ValueError(f"default agent {default!r} is not configured")
-        self.default = default
+    def __init__(
+        self,
+        agents: Mapping[str, Agent] | None = None,
+        *,
+        config: AgentsConfig | None = None,
+        default: str | None = None,
+    ) -> None:
+        self.config = config if config is not None else default_config()
+        self._agents: dict[str, Agent] = (
+            dict(agents) if agents else {a.id: EchoAgent() for a in self.config.agents.values()}
+        )
+        ids = list(self._agents)
+        self.default = default or (DEFAULT_AGENT if DEFAULT_AGENT in self._agents else ids[0])
+        if self.default not in self._agents:
+            raise ValueError(f"default agent {self.default!r} is not configured")
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, environ: Mapping[str, str] | None = None
+    ) -> AgentRegistry:
+        """Load the agents file (or the built-in echo agent) and build each agent's backend."""
+        from app.agents.openai import OpenAIAgent  # httpx clients only where configured
+
+        if settings.agents_file is None:
+            return cls()
+        config = load_agents_file(settings.agents_file, os.environ if environ is None else environ)
+
+        def build(agent: AgentConfig) -> Agent:
+            if agent.backend == "openai":
+                return OpenAIAgent(
+                    agent,
+                    connect_timeout=settings.upstream_connect_timeout_seconds,
+                    read_timeout=settings.upstream_read_timeout_seconds,
+                    max_retries=settings.upstream_max_retries,
+                )
+            return EchoAgent()
+
+        return cls({a.id: build(a) for a in config.agents.values()}, config=config)
 
     def resolve(self, agent_id: str | None) -> str:
         """The agent id a run will use; raises UnknownAgentError for an unknown one."""
@@ -27,3 +67,26 @@ class AgentRegistry:
 
     def get(self, agent_id: str) -> Agent:
         return self._agents[self.resolve(agent_id)]
+
+    def ids(self) -> list[str]:
+        return list(self._agents)
+
+    def subscriptions_of(self, agent_id: str) -> tuple[str, ...]:
+        """The agent's subscriptions in priority order; empty for agents without any."""
+        config = self.config.agents.get(agent_id)
+        return config.subscriptions if config else ()
+
+    def credentials(self, subscription_id: str) -> Subscription:
+        return self.config.subscription(subscription_id)
+
+    def on_reload(self, agent_id: str) -> None:
+        """A subscription switch was announced: drop the agent's cached upstream clients."""
+        agent = self._agents.get(agent_id)
+        if agent is not None:
+            log.info("agent %s: subscription changed, dropping cached upstream clients", agent_id)
+            agent.drop_clients()
+
+    async def aclose(self) -> None:
+        for agent in self._agents.values():
+            with contextlib.suppress(Exception):
+                await agent.aclose()

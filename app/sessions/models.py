@@ -62,6 +62,7 @@ class Run:
     worker: str | None = None
     cancel_requested: str | None = None
     timeout_seconds: float | None = None
+    subscription: str | None = None
 
     @classmethod
     def from_hash(cls, fields: dict[str, str]) -> Run:
@@ -87,6 +88,7 @@ class Run:
             worker=fields.get("worker") or None,
             cancel_requested=fields.get("cancel_requested") or None,
             timeout_seconds=int(fields["timeout_ms"]) / 1000 if fields.get("timeout_ms") else None,
+            subscription=fields.get("subscription") or None,
         )
 
     def public(self) -> dict[str, Any]:
@@ -106,6 +108,7 @@ class Run:
             "fence": self.fence,
             "worker": self.worker,
             "timeout_seconds": self.timeout_seconds,
+            "subscription": self.subscription,
         }
 
 

@@ -24,16 +24,19 @@ from dataclasses import dataclass, field
 
 from app.agents import AgentRegistry, AgentRequest
 from app.errors import (
+    AgentFailedError,
     LeaseLostError,
     LeaseNotOwnedError,
     QueueFullError,
     RedisUnavailableError,
     SessionBusyError,
+    SubscriptionFailureError,
 )
 from app.locks import Lease, LeaseManager
 from app.metrics import Metrics
 from app.sessions.models import Admission, NewRun, Run, RunStatus
 from app.sessions.store import Finished, SessionRef, SessionStore
+from app.subscriptions.switcher import Subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class ActiveRun:
     task: asyncio.Task[None] | None = None
     parts: list[str] = field(default_factory=list)
     stop_reason: str | None = None
+    subscription: str | None = None
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -70,11 +74,13 @@ class SessionRunner:
         store: SessionStore,
         leases: LeaseManager,
         agents: AgentRegistry,
+        subscriptions: Subscriptions,
         metrics: Metrics,
     ) -> None:
         self._store = store
         self._leases = leases
         self._agents = agents
+        self._subscriptions = subscriptions
         self._metrics = metrics
         self._holders: set[asyncio.Task[None]] = set()
         self._active: dict[str, ActiveRun] = {}
@@ -201,22 +207,49 @@ class SessionRunner:
     def _outcome(self, active: ActiveRun) -> Finished:
         assert active.task is not None
         output = "".join(active.parts)
+        subscription = active.subscription or ""
         if active.task.cancelled():
             status = STOP_STATUS.get(active.stop_reason or "", RunStatus.CANCELLED)
-            return Finished(status, output, f"run {status.value}")
+            return Finished(status, output, f"run {status.value}", subscription)
         error = active.task.exception()
         if error is not None:
             log.warning("run %s failed: %s", active.run.run_id, error)
-            return Finished(RunStatus.FAILED, output, str(error) or type(error).__name__)
-        return Finished(RunStatus.COMPLETED, output)
+            message = str(error) or type(error).__name__
+            return Finished(RunStatus.FAILED, output, message, subscription)
+        return Finished(RunStatus.COMPLETED, output, "", subscription)
 
     async def _run_agent(self, session: SessionRef, active: ActiveRun) -> None:
+        """Run the agent; on a refused subscription, have it switched (once per burst, by
+        whichever worker wins the agent's switch lease) and retry once on the current one."""
         run = active.run
+        try:
+            await self._stream(session, active, await self._subscriptions.current(run.agent_id))
+        except SubscriptionFailureError as failure:
+            if active.parts or active.subscription is None:
+                raise  # a reply already under way cannot be retried
+            result = await self._subscriptions.handle_failure(
+                run.agent_id, failure.subscription_id or active.subscription, failure.kind
+            )
+            if result.reason == "no_alternative":
+                raise AgentFailedError(
+                    f"{failure}; no viable subscription to switch to"
+                ) from failure
+            try:
+                await self._stream(session, active, result.to_subscription)
+            except SubscriptionFailureError as again:
+                raise AgentFailedError(f"{again} (retried after: {failure})") from again
+
+    async def _stream(
+        self, session: SessionRef, active: ActiveRun, subscription: str | None
+    ) -> None:
+        run = active.run
+        active.subscription = subscription
         request = AgentRequest(
             agent_id=run.agent_id,
             text=run.input,
             metadata=run.metadata,
             history=functools.partial(self._store.transcript_turns, session, run.generation),
+            subscription=self._agents.credentials(subscription) if subscription else None,
         )
         async for delta in self._agents.get(run.agent_id).stream(request):
             active.parts.append(delta)

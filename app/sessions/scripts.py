@@ -169,7 +169,8 @@ return result
 # ARGV[1] token, ARGV[2] fence, ARGV[3] lease ttl ms, ARGV[4] prefix, ARGV[5] run id,
 #   ARGV[6] status, ARGV[7] output, ARGV[8] error, ARGV[9] retention ms, ARGV[10] worker,
 #   ARGV[11] user turn (JSON), ARGV[12] assistant turn (JSON or ''),
-#   ARGV[13] '1' to release even if runs are queued (shutdown), ARGV[14] finished channel
+#   ARGV[13] '1' to release even if runs are queued (shutdown), ARGV[14] finished channel,
+#   ARGV[15] the subscription the run used ('' for none)
 # Returns {STALE} when the fence is no longer current (nothing written);
 #   {NEXT, the next run's HGETALL...} with the lease renewed; {RELEASED}.
 FINISH = (
@@ -182,7 +183,7 @@ local prefix, status, retention = ARGV[4], ARGV[6], tonumber(ARGV[9])
 local now = now_us()
 if redis.call('HGET', KEYS[5], 'status') == 'running' then
   redis.call('HSET', KEYS[5], 'status', status, 'output', ARGV[7], 'error', ARGV[8],
-             'finished_at', now)
+             'finished_at', now, 'subscription', ARGV[15])
   redis.call('PEXPIRE', KEYS[5], retention)
   if status == 'completed' or status == 'interrupted' then
     redis.call('RPUSH', KEYS[6], ARGV[11])

@@ -53,6 +53,7 @@ class Finished:
     status: RunStatus
     output: str = ""
     error: str = ""
+    subscription: str = ""
 
 
 class SessionStore:
@@ -139,7 +140,8 @@ class SessionStore:
                       keys.run(run.run_id), keys.transcript(run.generation)],
                 args=[lease.token, lease.fence, self._ttl_ms, keys.prefix, run.run_id,
                       outcome.status.value, outcome.output, outcome.error, self._retention_ms,
-                      self.worker, user, assistant, "1" if release else "0", FINISHED_CHANNEL],
+                      self.worker, user, assistant, "1" if release else "0", FINISHED_CHANNEL,
+                      outcome.subscription],
             )
         )  # fmt: skip
         code = SessionCode(reply[0])

@@ -1,0 +1,52 @@
+"""Agents and their subscriptions, for operators and the scheduler (internal secret)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.deps import ResourcesDep, require_internal
+
+router = APIRouter(prefix="/internal", tags=["agents"], dependencies=[Depends(require_internal)])
+
+
+class SubscriptionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    subscription_id: str = Field(min_length=1, max_length=64)
+
+
+class FailureIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    subscription_id: str = Field(min_length=1, max_length=64)
+    kind: Literal["rate_limit", "auth"]
+
+
+@router.get("/agents/{agent_id}")
+async def get_agent(agent_id: str, resources: ResourcesDep) -> dict[str, Any]:
+    return await resources.subscriptions.state(resources.agents.resolve(agent_id))
+
+
+@router.put("/agents/{agent_id}/subscription")
+async def assign_subscription(
+    agent_id: str, body: SubscriptionIn, resources: ResourcesDep
+) -> dict[str, Any]:
+    result = await resources.subscriptions.assign(agent_id, body.subscription_id)
+    return result.public()
+
+
+@router.post("/agents/{agent_id}/subscription-failures")
+async def report_failure(agent_id: str, body: FailureIn, resources: ResourcesDep) -> dict[str, Any]:
+    result = await resources.subscriptions.handle_failure(agent_id, body.subscription_id, body.kind)
+    return result.public()
+
+
+@router.get("/events")
+async def list_events(
+    resources: ResourcesDep,
+    agent_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    agents = [resources.agents.resolve(agent_id)] if agent_id else resources.agents.ids()
+    return {"events": await resources.subscriptions.events(agents, limit)}
