@@ -85,9 +85,45 @@ def client(url: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient
     return httpx.AsyncClient(base_url=url, timeout=30, headers=ACME if headers is None else headers)
 
 
+AGENTS_TOML = """
+[[subscriptions]]
+id = "sub-a"
+[[subscriptions]]
+id = "sub-b"
+[[subscriptions]]
+id = "sub-c"
+
+[[agents]]
+id = "echo"
+backend = "echo"
+
+[[agents]]
+id = "helper"
+backend = "echo"
+subscriptions = ["sub-a", "sub-b"]
+
+[[agents]]
+id = "triple"
+backend = "echo"
+subscriptions = ["sub-a", "sub-b", "sub-c"]
+
+[[agents]]
+id = "other"
+backend = "echo"
+subscriptions = ["sub-a", "sub-b"]
+"""
+
+
+def write_agents_file(folder: Path) -> Path:
+    path = folder / "agents.toml"
+    path.write_text(AGENTS_TOML)
+    return path
+
+
 @contextmanager
 def running_servers(redis_url: str, logs: Path) -> Iterator[Servers]:
     env = base_env(
+        LEASEGATE_AGENTS_FILE=str(write_agents_file(logs)),
         LEASEGATE_REDIS_URL=redis_url,
         LEASEGATE_LEASE_TTL_SECONDS="3",
         LEASEGATE_SHUTDOWN_GRACE_SECONDS="1",
