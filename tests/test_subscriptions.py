@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from app.agents import AgentRegistry
 from app.agents.config import load_agents_file
+from app.agents.openai import OpenAIAgent
 from app.connections import create_redis
 from app.keys import RELOAD_CHANNEL, agent_keys
 from app.locks import LeaseManager, LeaseScripts
@@ -28,7 +29,8 @@ from app.metrics import Metrics
 from app.pubsub import PubSubHub
 from app.redis_server import RedisServer
 from tests.conftest import client_for, make_settings
-from tests.fake_upstream import running_upstream
+from tests.fake_upstream import FakeUpstream, running_upstream
+from tests.observe import counting
 from tests.servers import INTERNAL, INTERNAL_SECRET, write_agents_file
 from tests.waiting import wait_until
 
@@ -51,29 +53,6 @@ async def api(
 ) -> AsyncIterator[httpx.AsyncClient]:
     async with service(redis_server.url, tmp_path) as http:
         yield http
-
-
-@asynccontextmanager
-async def counting(redis: Redis, channel: str) -> AsyncIterator[list[str]]:
-    """Every message published on `channel` while inside."""
-    received: list[str] = []
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(channel)
-    await pubsub.get_message(timeout=1)  # the subscribe confirmation
-
-    async def read() -> None:
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.05)
-            if message is not None:
-                received.append(message["data"].decode())
-
-    reader = asyncio.create_task(read())
-    try:
-        yield received
-    finally:
-        reader.cancel()
-        await asyncio.gather(reader, return_exceptions=True)
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 async def post(
@@ -327,3 +306,30 @@ def test_agents_file_reads_keys_from_the_environment(tmp_path: Path) -> None:
     assert "sk-123" not in repr(config)
     registry = AgentRegistry(config=config)
     assert registry.subscriptions_of("a") == ("s",)
+
+
+async def test_an_openai_agent_switches_and_retries_on_the_new_key(
+    redis: Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    upstream = FakeUpstream()
+    upstream.status(429, {"error": {"message": "Rate limit reached"}}).stream(["all ", "good"])
+    async with running_upstream(upstream) as base_url:
+        path = tmp_path / "agents.toml"
+        path.write_text(
+            f"[[subscriptions]]\nid='sub-a'\nbase_url='{base_url}'\napi_key_env='KEY_A'\n"
+            f"[[subscriptions]]\nid='sub-b'\nbase_url='{base_url}'\napi_key_env='KEY_B'\n"
+            "[[agents]]\nid='llm'\nbackend='openai'\nmodel='m'\nsubscriptions=['sub-a','sub-b']\n"
+        )
+        config = load_agents_file(path, {"KEY_A": "key-of-a", "KEY_B": "key-of-b"})
+        agents = AgentRegistry(
+            {"llm": OpenAIAgent(config.agents["llm"], backoff_base=0.01)}, config=config
+        )
+        settings = make_settings(redis_server.url, internal_secret=INTERNAL_SECRET)
+        async with client_for(create_app(settings, agents=agents)) as api:
+            run = await post(api, "s", "llm")
+            api.headers.update(INTERNAL)
+            state = (await api.get("/internal/agents/llm")).json()
+    assert run["status"] == "completed" and run["output"] == "all good"
+    assert run["subscription"] == "sub-b" and state["subscription"] == "sub-b"
+    keys = [r.headers["authorization"] for r in upstream.requests]
+    assert keys == ["Bearer key-of-a", "Bearer key-of-b"]
