@@ -2,6 +2,7 @@
 
     LeasegateError
     ├── RedisUnavailableError      Redis could not be reached; nothing was changed
+    ├── ServiceClosingError        this worker is shutting down and admits nothing more
     ├── InvalidKeyError            an id that cannot be turned into a Redis key
     ├── UnknownAgentError          a request named an agent that is not configured
     ├── AgentFailedError           an agent could not produce its reply
@@ -40,6 +41,10 @@ class RedisUnavailableError(LeasegateError):
     def __init__(self, detail: str = "Redis could not be reached") -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class ServiceClosingError(LeasegateError):
+    """This worker is shutting down; the caller should retry (another worker admits)."""
 
 
 class InvalidKeyError(LeasegateError, ValueError):

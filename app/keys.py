@@ -56,6 +56,13 @@ CONTROL_CHANNEL = f"{NAMESPACE}:control"
 """Signals to whichever worker holds a session: cancel, interrupt, reset."""
 FINISHED_CHANNEL = f"{NAMESPACE}:finished"
 """Announces every run that reached a terminal status (payload: run id)."""
+WAKE_CHANNEL = f"{NAMESPACE}:wake"
+"""Asks any worker to take over a session that was released with runs queued (payload:
+tenant and session id as JSON)."""
+
+ACTIVE_SESSIONS = f"{NAMESPACE}:sessions:active"
+"""Sorted set of the sessions that may have work (member "tenant/session", score the last
+admission in ms): the sweeper's index, so it never scans the keyspace."""
 
 _TENANT = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 _SESSION = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -89,6 +96,11 @@ class SessionKeys:
 
     def run(self, run_id: str) -> str:
         return f"{self.prefix}run:{run_id}"
+
+    @property
+    def events(self) -> str:
+        """The bounded event stream, and the pub/sub channel announcing its new entries."""
+        return f"{self.prefix}events"
 
     def transcript(self, generation: int) -> str:
         return f"{self.prefix}transcript:{generation}"

@@ -13,7 +13,7 @@ from app.agents import AgentRegistry
 from app.metrics import Metrics
 from app.resources import Resources
 from app.routers import agents as agents_router
-from app.routers import health, internal, runs, sessions
+from app.routers import events, health, internal, runs, sessions
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ def create_app(
     problems.install(app, retry_after_seconds=settings.retry_after_seconds)
     app.include_router(health.router)
     app.include_router(sessions.router)
+    app.include_router(events.router)
     app.include_router(runs.router)
     app.include_router(internal.router)
     app.include_router(agents_router.router)

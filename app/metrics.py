@@ -49,3 +49,8 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.sweeper_recoveries = Counter(
+            "leasegate_sweeper_recoveries",
+            "Sessions taken over from a holder that died or left.",
+            registry=self.registry,
+        )

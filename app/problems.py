@@ -25,6 +25,7 @@ from app.errors import (
     RedisUnavailableError,
     RunNotFoundError,
     RunTerminalError,
+    ServiceClosingError,
     SessionBusyError,
     SessionNotFoundError,
     UnauthenticatedError,
@@ -49,6 +50,8 @@ class Problem:
 PROBLEMS: list[tuple[type[LeasegateError], Problem]] = [
     (RedisUnavailableError,
      Problem(503, "redis-unavailable", "Service temporarily unavailable", retry_after=True)),
+    (ServiceClosingError,
+     Problem(503, "shutting-down", "Service shutting down", retry_after=True)),
     (InvalidKeyError, Problem(422, "invalid-id", "Invalid identifier")),
     (UnknownAgentError, Problem(422, "unknown-agent", "Unknown agent")),
     (UnknownSubscriptionError, Problem(422, "unknown-subscription", "Unknown subscription")),

@@ -13,13 +13,14 @@ from app.agents import AgentRegistry
 from app.auth import ApiKeys, InternalSecret
 from app.connections import create_redis
 from app.executions import ExecutionStore
-from app.keys import CONTROL_CHANNEL, FINISHED_CHANNEL, RELOAD_CHANNEL
+from app.keys import CONTROL_CHANNEL, FINISHED_CHANNEL, RELOAD_CHANNEL, WAKE_CHANNEL
 from app.locks import LeaseManager, LeaseScripts
 from app.metrics import Metrics
 from app.pubsub import PubSubHub
 from app.sessions.runner import SessionRunner
 from app.sessions.scripts import SessionScripts
 from app.sessions.store import SessionStore
+from app.sessions.sweeper import Sweeper
 from app.settings import Settings
 from app.subscriptions.scripts import SubscriptionScripts
 from app.subscriptions.switcher import Subscriptions
@@ -35,6 +36,7 @@ class Resources:
     leases: LeaseManager
     store: SessionStore
     runner: SessionRunner
+    sweeper: Sweeper
     agents: AgentRegistry
     subscriptions: Subscriptions
     webhook: Webhook | None
@@ -64,6 +66,7 @@ class Resources:
             retention_seconds=settings.run_retention_seconds,
             queue_cap=settings.queue_cap,
             worker=f"{socket.gethostname()}:{os.getpid()}",
+            retry_lost=settings.retry_lost_runs,
         )
         subscription_scripts = SubscriptionScripts.register(redis)
         webhook = Webhook(settings.webhook_url.get_secret_value()) if settings.webhook_url else None
@@ -83,12 +86,17 @@ class Resources:
         hub.listen(CONTROL_CHANNEL, runner.on_control)
         hub.listen(FINISHED_CHANNEL, runner.on_finished)
         hub.listen(RELOAD_CHANNEL, agents.on_reload)
+        hub.listen(WAKE_CHANNEL, runner.on_wake)
+        sweeper = Sweeper(store, runner, leases, metrics, interval=settings.sweep_interval_seconds,
+                          idle_grace=2 * settings.lease_ttl_seconds)  # fmt: skip
         hub.start()
+        sweeper.start()
         executions = ExecutionStore(redis, retention_seconds=settings.run_retention_seconds)
         secret = settings.internal_secret
         return cls(
             settings, redis, [*lease_scripts.all(), *session_scripts.all(),
-            *subscription_scripts.all()], hub, leases, store, runner, agents, subscriptions,
+            *subscription_scripts.all()], hub, leases, store, runner, sweeper, agents,
+            subscriptions,
             webhook, executions, ApiKeys(settings.api_keys),
             InternalSecret(secret.get_secret_value() if secret else None), metrics,
         )  # fmt: skip
@@ -101,6 +109,7 @@ class Resources:
                 await self.redis.script_load(script.script)
 
     async def close(self) -> None:
+        await self.sweeper.close()
         await self.runner.close(self.settings.shutdown_grace_seconds)
         if self.webhook is not None:
             await self.webhook.aclose()

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     default_busy_policy: Literal["enqueue", "interrupt", "reject"] = "enqueue"
     run_retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    sweep_interval_seconds: float = Field(
+        default=5.0, gt=0, description="How often a lost holder's sessions are looked for."
+    )
+    retry_lost_runs: bool = Field(
+        default=False, description="Run a lost holder's in-flight run once more, not `lost`."
+    )
     task_timeout_seconds: float = Field(
         default=7200, gt=0, le=7200, description="Default deadline of a scheduled task's run."
     )

@@ -15,6 +15,7 @@ from app.main import create_app
 from app.redis_server import RedisServer
 from tests.conftest import client_for, make_settings
 from tests.servers import ACME, API_KEYS, GLOBEX, INTERNAL, INTERNAL_SECRET
+from tests.waiting import written_keys
 
 SECRETS = [*API_KEYS, INTERNAL_SECRET]
 TASK = {"agent_id": "echo", "execution_id": "exec-1", "message": "hi"}
@@ -56,7 +57,7 @@ async def test_v1_refuses_missing_and_wrong_credentials(
     assert response.headers["content-type"] == "application/problem+json"
     if status == 401:
         assert response.headers["www-authenticate"] == "Bearer"
-    assert await redis.dbsize() == 0  # nothing done
+    assert await written_keys(redis) == []  # nothing done
     assert any("authentication failed" in r.getMessage() for r in caplog.records)
     assert no_secret_in(response.text, listing.text, *(r.getMessage() for r in caplog.records))
 
@@ -82,7 +83,7 @@ async def test_internal_refuses_missing_and_wrong_secrets(
         response = await api.post("/internal/execute-task", json=TASK, headers=headers)
         lookup = await api.get("/internal/executions/exec-1", headers=headers)
     assert response.status_code == status and lookup.status_code == status
-    assert await redis.dbsize() == 0
+    assert await written_keys(redis) == []
     assert no_secret_in(response.text, lookup.text, *(r.getMessage() for r in caplog.records))
 
 

@@ -15,6 +15,7 @@ from app.main import create_app
 from app.redis_server import RedisServer
 from tests.conftest import client_for, make_settings
 from tests.servers import INTERNAL, INTERNAL_SECRET, Servers, client
+from tests.waiting import written_keys
 
 
 @pytest.fixture
@@ -104,7 +105,7 @@ async def test_bad_tasks_are_422_and_change_nothing(
 ) -> None:
     response = await execute(api, body)
     assert response.status_code == 422, response.text
-    assert await redis.dbsize() == 0
+    assert await written_keys(redis) == []
 
 
 async def test_unknown_execution_is_404(api: httpx.AsyncClient) -> None:

@@ -11,7 +11,7 @@ from app.connections import create_redis
 from app.errors import LeaseNotOwnedError
 from app.locks import Lease
 from app.redis_server import RedisServer
-from app.sessions.models import BusyPolicy, NewRun, RunStatus
+from app.sessions.models import BusyPolicy, NewRun, RunStatus, StartedHold
 from app.sessions.scripts import SessionScripts
 from app.sessions.store import Finished, SessionRef, SessionStore
 from tests.conftest import make_settings
@@ -77,10 +77,52 @@ async def test_finish_pops_the_next_run_or_releases(store: SessionStore, redis: 
     lease, run_id = await started(store, session, "one")
     second = (await store.admit(session, message("two"))).run_id
     run = await store.get_run(session, run_id)
-    next_run = await store.finish(session, lease, run, Finished(RunStatus.COMPLETED, "1"),
-                                  release=False)  # fmt: skip
+    after = await store.finish(session, lease, run, Finished(RunStatus.COMPLETED, "1"),
+                               release=False)  # fmt: skip
+    next_run = after.next_run
     assert next_run is not None and next_run.run_id == second
     assert next_run.status == RunStatus.RUNNING and next_run.fence == lease.fence
-    assert await store.finish(session, lease, next_run, Finished(RunStatus.COMPLETED, "2"),
-                              release=False) is None  # fmt: skip
+    last = await store.finish(session, lease, next_run, Finished(RunStatus.COMPLETED, "2"),
+                              release=False)  # fmt: skip
+    assert last.next_run is None and last.queued == 0
     assert await redis.exists(session.keys.lease.lease) == 0
+
+
+async def test_release_on_shutdown_leaves_the_queue_and_says_so(store: SessionStore) -> None:
+    session = SessionRef.of("t", "s")
+    lease, run_id = await started(store, session, "one")
+    queued = (await store.admit(session, message("two"))).run_id
+    run = await store.get_run(session, run_id)
+    after = await store.finish(session, lease, run, Finished(RunStatus.INTERRUPTED, "par"),
+                               release=True)  # fmt: skip
+    assert after.next_run is None and after.queued == 1
+    assert (await store.get_run(session, queued)).status == RunStatus.QUEUED
+    recovered = await store.recover(session)  # any worker can now take it, at once
+    assert isinstance(recovered, StartedHold)
+    assert recovered.first_run.run_id == queued and recovered.fence == lease.fence + 1
+    assert await store.recover(session) is True  # held now
+
+
+async def test_recover_ends_a_lost_run_or_runs_it_once_more(
+    store: SessionStore, redis: Redis, redis_server: RedisServer
+) -> None:
+    session = SessionRef.of("t", "lost")
+    _, run_id = await started(store, session, "in flight")
+    assert await store.recover(session) is True  # the holder's lease is alive
+    await redis.delete(session.keys.lease.lease)  # the holder died; its lease expired
+    assert await store.recover(session) is None  # nothing else to do: the run is now lost
+    assert (await store.get_run(session, run_id)).status == RunStatus.LOST
+
+    client = create_redis(make_settings(redis_server.url))
+    retrying = SessionStore(client, SessionScripts.register(client), lease_ttl=5.0,
+                            retention_seconds=3600, queue_cap=10, worker="w2",
+                            retry_lost=True)  # fmt: skip
+    again = SessionRef.of("t", "retried")
+    _, first = await started(retrying, again, "in flight")
+    await redis.delete(again.keys.lease.lease)
+    hold = await retrying.recover(again)
+    assert isinstance(hold, StartedHold) and hold.first_run.run_id == first
+    await redis.delete(again.keys.lease.lease)  # lost a second time: no third attempt
+    assert await retrying.recover(again) is None
+    assert (await retrying.get_run(again, first)).status == RunStatus.LOST
+    await client.aclose()

@@ -16,7 +16,7 @@ from app.main import create_app
 from app.metrics import Metrics
 from app.redis_server import RedisServer
 from tests.conftest import client_for, make_settings
-from tests.waiting import wait_until
+from tests.waiting import wait_until, written_keys
 
 SLOW = {"delay_ms": 400}
 
@@ -152,7 +152,7 @@ async def test_bad_ids_and_bodies_are_422_and_change_nothing(
     response = await api.post(path, json=body, params=params)
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
-    assert await redis.dbsize() == 0
+    assert await written_keys(redis) == []
 
 
 async def test_malformed_or_unknown_run_ids_are_404(api: httpx.AsyncClient) -> None:

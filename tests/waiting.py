@@ -6,6 +6,8 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+from redis.asyncio import Redis
+
 POLL = 0.005
 
 
@@ -27,3 +29,9 @@ def wait_until_sync(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(POLL)
+
+
+async def written_keys(redis: Redis) -> list[str]:
+    """The keys requests wrote: all but the sweeper's lease, which any running server's
+    sweeper takes in the background whatever the test does."""
+    return [k.decode() async for k in redis.scan_iter() if not k.startswith(b"lg:{sweeper}:")]

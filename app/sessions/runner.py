@@ -21,6 +21,7 @@ import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Literal
 
 from app.agents import AgentRegistry, AgentRequest
 from app.errors import (
@@ -29,13 +30,15 @@ from app.errors import (
     LeaseNotOwnedError,
     QueueFullError,
     RedisUnavailableError,
+    ServiceClosingError,
     SessionBusyError,
     SubscriptionFailureError,
 )
 from app.locks import Lease, LeaseManager
 from app.metrics import Metrics
-from app.sessions.models import Admission, NewRun, Run, RunStatus
-from app.sessions.store import Finished, SessionRef, SessionStore
+from app.sessions.deltas import DeltaBuffer
+from app.sessions.models import Admission, NewRun, Run, RunStatus, StartedHold
+from app.sessions.store import AfterFinish, Finished, SessionRef, SessionStore
 from app.subscriptions.switcher import Subscriptions
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 # reply and a stop can cross) are kept briefly, by run id.
 EARLY_SIGNALS_KEPT = 10_000
 FINISH_RETRY_DELAY = 0.1
+CLOSE_TIMEOUT = 5.0  # after interrupting, how long runs may take to record it
 WAIT_RECHECK = 1.0
 
 STOP_STATUS = {
@@ -60,6 +64,7 @@ class ActiveRun:
     parts: list[str] = field(default_factory=list)
     stop_reason: str | None = None
     subscription: str | None = None
+    deltas: DeltaBuffer | None = None
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -89,6 +94,8 @@ class SessionRunner:
         self._closing = False
 
     async def submit(self, session: SessionRef, new: NewRun) -> Admission:
+        if self._closing:
+            raise ServiceClosingError("this worker is shutting down; other workers admit")
         try:
             admission = await self._store.admit(session, new)
         except (SessionBusyError, QueueFullError) as refused:
@@ -101,15 +108,47 @@ class SessionRunner:
         log.info("admission %s: session=%s run=%s position=%d", outcome, session.session_id,
                  admission.run_id, admission.queue_position)  # fmt: skip
         if admission.start is not None:
-            hold = admission.start
-            lease = Lease(
-                session.keys.lease, hold.token, hold.fence, self._store.lease_ttl,
-                hold.granted_at + self._store.lease_ttl,
-            )  # fmt: skip
-            task = asyncio.create_task(self._hold(session, lease, hold.first_run))
-            self._holders.add(task)
-            task.add_done_callback(self._holders.discard)
+            self.adopt(session, admission.start)
         return admission
+
+    def adopt(self, session: SessionRef, hold: StartedHold) -> None:
+        """Become the session's holder: run its runs in a task of this worker."""
+        lease = Lease(
+            session.keys.lease, hold.token, hold.fence, self._store.lease_ttl,
+            hold.granted_at + self._store.lease_ttl,
+        )  # fmt: skip
+        task = asyncio.create_task(self._hold(session, lease, hold.first_run))
+        self._holders.add(task)
+        task.add_done_callback(self._holders.discard)
+
+    async def take_over(self, session: SessionRef) -> Literal["taken", "busy", "idle"]:
+        """Take a session whose holder is gone but whose work is not."""
+        if self._closing:
+            return "busy"
+        hold = await self._store.recover(session)
+        if hold is None:
+            return "idle"
+        if not isinstance(hold, StartedHold):
+            return "busy"
+        log.warning("session %s: taken over from a lost or departed holder (fence %d)",
+                    session.session_id, hold.fence)  # fmt: skip
+        self.adopt(session, hold)
+        return "taken"
+
+    def on_wake(self, payload: str) -> None:
+        """A departing worker released a session with runs queued: try to take it."""
+        message = json.loads(payload)
+        session = SessionRef.of(str(message["tenant"]), str(message["session_id"]))
+        task = asyncio.create_task(self._take_over_quietly(session))
+        self._holders.add(task)
+        task.add_done_callback(self._holders.discard)
+
+    async def _take_over_quietly(self, session: SessionRef) -> None:
+        try:
+            await self.take_over(session)
+        except RedisUnavailableError as exc:
+            log.warning("session %s: wake-up not honoured (%s); the sweeper will",
+                        session.session_id, exc)  # fmt: skip
 
     async def wait(self, session: SessionRef, run_id: str, timeout: float) -> Run:
         """The run once terminal, or as it is when `timeout` seconds have passed."""
@@ -150,28 +189,51 @@ class SessionRunner:
             event.set()
 
     async def close(self, grace: float) -> None:
-        """Interrupt every run of this worker, record it, and release its sessions."""
+        """Shut down: admit nothing more, let running runs finish for `grace` seconds, then
+        interrupt the rest; every session is released without taking its next run, and
+        another worker is woken for each one that still has runs queued."""
         self._closing = True
+        if self._holders:
+            await asyncio.wait(set(self._holders), timeout=grace)
         for active in list(self._active.values()):
             active.stop("interrupted")
         if self._holders:
-            _, pending = await asyncio.wait(set(self._holders), timeout=grace)
+            _, pending = await asyncio.wait(set(self._holders), timeout=CLOSE_TIMEOUT)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
 
     async def _hold(self, session: SessionRef, lease: Lease, first: Run) -> None:
+        """The holder's loop: one run after another until the session is released."""
         run: Run | None = first
         while run is not None:
             outcome = await self._execute(session, lease, run)
             if outcome is None:
                 return
-            run = await self._finish(session, lease, run, outcome)
+            after = await self._finish(session, lease, run, outcome)
+            if after is None:
+                return
+            run = after.next_run
+            if run is None and after.queued:
+                await self._wake_another(session, after.queued)
+
+    async def _wake_another(self, session: SessionRef, queued: int) -> None:
+        log.info("session %s released on shutdown with %d runs queued; waking another worker",
+                 session.session_id, queued)  # fmt: skip
+        payload = json.dumps({"tenant": session.tenant, "session_id": session.session_id})
+        try:
+            await self._store.publish_wake(payload)
+        except RedisUnavailableError:
+            log.warning("session %s: wake-up not sent; the sweeper will take it",
+                        session.session_id)  # fmt: skip
 
     async def _execute(self, session: SessionRef, lease: Lease, run: Run) -> Finished | None:
         """Run the agent under the lease's heartbeat; None when the lease was lost."""
         active = ActiveRun(run)
+        active.deltas = DeltaBuffer(
+            functools.partial(self._store.delta, session, lease, run.run_id)
+        )
         self._active[run.run_id] = active
         active.task = asyncio.create_task(self._run_agent(session, active))
         early = self._early_signals.pop(run.run_id, None) or run.cancel_requested
@@ -197,26 +259,27 @@ class SessionRunner:
             active.task.cancel()  # only does something when this holder itself is cancelled
             await heartbeat.stop()
             self._active.pop(run.run_id, None)
+        unsent = await active.deltas.drain()
         if active.stop_reason in ("lost", "reset") or heartbeat.lost is not None:
             self._metrics.stale_writes.inc()
             log.warning("session %s: run %s ends without writing: lease lost (fence %d)",
                         session.session_id, run.run_id, lease.fence)  # fmt: skip
             return None
-        return self._outcome(active)
+        return self._outcome(active, unsent)
 
-    def _outcome(self, active: ActiveRun) -> Finished:
+    def _outcome(self, active: ActiveRun, unsent: str) -> Finished:
         assert active.task is not None
         output = "".join(active.parts)
         subscription = active.subscription or ""
         if active.task.cancelled():
             status = STOP_STATUS.get(active.stop_reason or "", RunStatus.CANCELLED)
-            return Finished(status, output, f"run {status.value}", subscription)
+            return Finished(status, output, f"run {status.value}", subscription, unsent)
         error = active.task.exception()
         if error is not None:
             log.warning("run %s failed: %s", active.run.run_id, error)
             message = str(error) or type(error).__name__
-            return Finished(RunStatus.FAILED, output, message, subscription)
-        return Finished(RunStatus.COMPLETED, output, "", subscription)
+            return Finished(RunStatus.FAILED, output, message, subscription, unsent)
+        return Finished(RunStatus.COMPLETED, output, "", subscription, unsent)
 
     async def _run_agent(self, session: SessionRef, active: ActiveRun) -> None:
         """Run the agent; on a refused subscription, have it switched (once per burst, by
@@ -253,6 +316,8 @@ class SessionRunner:
         )
         async for delta in self._agents.get(run.agent_id).stream(request):
             active.parts.append(delta)
+            if active.deltas is not None:
+                active.deltas.add(delta)
 
     async def _renew(self, session: SessionRef, lease: Lease) -> None:
         signal = await self._store.renew(session, lease)
@@ -266,11 +331,11 @@ class SessionRunner:
 
     async def _finish(
         self, session: SessionRef, lease: Lease, run: Run, outcome: Finished
-    ) -> Run | None:
+    ) -> AfterFinish | None:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                next_run = await self._store.finish(
+                after = await self._store.finish(
                     session, lease, run, outcome, release=self._closing
                 )
             except LeaseNotOwnedError:
@@ -290,4 +355,4 @@ class SessionRunner:
                 await asyncio.sleep(FINISH_RETRY_DELAY)
                 continue
             self._metrics.runs_finished.labels(outcome.status.value).inc()
-            return next_run
+            return after

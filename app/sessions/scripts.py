@@ -34,9 +34,28 @@ class SessionCode(IntEnum):
     CANCELLED = 11
     OK = 12
     NOT_OWNED = 13
+    BUSY = 14
+    IDLE = 15
 
 
-_HELPERS = """
+EVENTS_MAX_LENGTH = 1000
+EVENTS_TTL_MS = 24 * 3600 * 1000
+
+_HELPERS = (
+    f"""
+local EVENTS_MAX_LENGTH, EVENTS_TTL_MS = {EVENTS_MAX_LENGTH}, {EVENTS_TTL_MS}
+"""
+    + """
+-- Append to the session's bounded event stream (`prefix .. 'events'`), and announce the
+-- entry on the channel of the same name, which the server-sent-events readers watch.
+local function emit(prefix, kind, run_id, text)
+  local stream = prefix .. 'events'
+  local id = redis.call('XADD', stream, 'MAXLEN', '~', EVENTS_MAX_LENGTH, '*',
+                        'type', kind, 'run_id', run_id, 'text', text or '')
+  redis.call('PEXPIRE', stream, EVENTS_TTL_MS)
+  redis.call('PUBLISH', stream, id)
+end
+
 -- Microseconds: fine enough that two admissions never share a timestamp (Redis runs
 -- scripts one at a time), so created_at orders runs as admitted.
 local function now_us()
@@ -51,6 +70,7 @@ local function finish_run(prefix, run_id, status, error, now, finished_channel)
   if current ~= 'queued' and current ~= 'running' then return false end
   redis.call('HSET', key, 'status', status, 'finished_at', now, 'error', error)
   redis.call('PUBLISH', finished_channel, run_id)
+  emit(prefix, status, run_id, error)
   return true
 end
 
@@ -68,6 +88,7 @@ local function pop_next(prefix, fence, worker, now)
       redis.call('HSET', key, 'status', 'running', 'started_at', now, 'fence', fence,
                  'worker', worker)
       redis.call('HSET', KEYS[3], 'active_run', run_id)
+      emit(prefix, 'started', run_id, '')
       return run_id
     end
   end
@@ -85,11 +106,42 @@ local function cancel_queue(prefix, reason, now, finished_channel)
   return cancelled
 end
 
+-- After a grant (SET NX succeeded): bump the fence, and settle the run a lost holder left
+-- marked running: `lost`, or back at the head of the queue once when retry_lost is '1'.
+-- KEYS[2] is the fence counter, KEYS[3] the state, KEYS[4] the queue.
+local function take_over(prefix, retention, now, finished_channel, retry_lost)
+  local fence = redis.call('INCR', KEYS[2])
+  redis.call('PEXPIRE', KEYS[2], retention)
+  local active = redis.call('HGET', KEYS[3], 'active_run') or ''
+  if active ~= '' then
+    local key = prefix .. 'run:' .. active
+    local attempt = tonumber(redis.call('HGET', key, 'attempt') or '1')
+    if retry_lost == '1' and attempt < 2 and redis.call('HGET', key, 'status') == 'running' then
+      redis.call('HSET', key, 'status', 'queued', 'attempt', attempt + 1)
+      redis.call('HDEL', key, 'cancel_requested')
+      redis.call('LPUSH', KEYS[4], active)
+    else
+      finish_run(prefix, active, 'lost', 'the worker running it stopped renewing its lease',
+                 now, finished_channel)
+    end
+    redis.call('HSET', KEYS[3], 'active_run', '')
+  end
+  return fence
+end
+
+local function with_run(result, prefix, run_id)
+  for _, v in ipairs(redis.call('HGETALL', prefix .. 'run:' .. run_id)) do
+    table.insert(result, v)
+  end
+  return result
+end
+
 local function signal_holder(control_channel, resource, run_id, reason)
   redis.call('PUBLISH', control_channel,
              cjson.encode({resource = resource, run_id = run_id, reason = reason}))
 end
 """
+)
 
 # Admission: take the session, or queue, or refuse, in one step.
 # KEYS[1] lease, KEYS[2] fence, KEYS[3] state, KEYS[4] queue, KEYS[5] runs index,
@@ -97,7 +149,8 @@ end
 # ARGV[1] token, ARGV[2] lease ttl ms, ARGV[3] prefix, ARGV[4] run id, ARGV[5] busy policy,
 #   ARGV[6] queue cap, ARGV[7] '1' if an idempotency key is given, ARGV[8] retention ms,
 #   ARGV[9] worker, ARGV[10] finished channel, ARGV[11] control channel, ARGV[12] resource,
-#   ARGV[13..] field, value pairs of the new run record
+#   ARGV[13] '1' to run a lost holder's run once more, ARGV[14..] field, value pairs of the
+#   new run record
 # Returns {DUPLICATE, run_id} | {REJECTED, active_run} | {QUEUE_FULL, length}
 #   | {QUEUED, position, active_run}
 #   | {STARTED, fence, position, first run's HGETALL...}: the caller holds the lease and
@@ -126,13 +179,14 @@ if not granted then
 end
 
 redis.call('HSET', KEYS[6], 'status', 'queued', 'created_at', now, 'generation', generation,
-           unpack(ARGV, 13))
+           unpack(ARGV, 14))
 redis.call('PEXPIRE', KEYS[6], retention)
 redis.call('ZADD', KEYS[5], now, run_id)
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', tonumber(now) - retention * 1000)
 redis.call('PEXPIRE', KEYS[5], retention)
 redis.call('PEXPIRE', KEYS[3], retention)
 if ARGV[7] == '1' then redis.call('SET', KEYS[7], run_id, 'PX', retention) end
+emit(prefix, 'queued', run_id, '')
 
 if not granted then
   if policy == 'interrupt' then
@@ -147,21 +201,47 @@ if not granted then
 end
 
 -- Granted. A run still marked running belonged to a holder whose lease expired.
-local fence = redis.call('INCR', KEYS[2])
-redis.call('PEXPIRE', KEYS[2], retention)
-if active ~= '' then
-  finish_run(prefix, active, 'lost', 'the worker running it stopped renewing its lease',
-             now, ARGV[10])
-end
+local fence = take_over(prefix, retention, now, ARGV[10], ARGV[13])
 local position = redis.call('RPUSH', KEYS[4], run_id) - 1
 local first = pop_next(prefix, fence, worker, now)
-local result = {0, fence, position}
-for _, v in ipairs(redis.call('HGETALL', prefix .. 'run:' .. first)) do
-  table.insert(result, v)
-end
-return result
+return with_run({0, fence, position}, prefix, first)
 """
 )
+
+# The sweeper: take over a session whose lease expired while it still had work.
+# KEYS[1] lease, KEYS[2] fence, KEYS[3] state, KEYS[4] queue
+# ARGV[1] token, ARGV[2] lease ttl ms, ARGV[3] prefix, ARGV[4] retention ms, ARGV[5] worker,
+#   ARGV[6] finished channel, ARGV[7] '1' to run a lost holder's run once more
+# Returns {BUSY} while a holder has the lease; {IDLE} with nothing to do;
+#   {STARTED, fence, 0, first run's HGETALL...} when the caller now holds the session.
+RECOVER = (
+    _HELPERS
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {14} end
+local active = redis.call('HGET', KEYS[3], 'active_run') or ''
+if active == '' and redis.call('LLEN', KEYS[4]) == 0 then return {15} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local fence = take_over(ARGV[3], tonumber(ARGV[4]), now_us(), ARGV[6], ARGV[7])
+local first = pop_next(ARGV[3], fence, ARGV[5], now_us())
+if not first then
+  redis.call('DEL', KEYS[1])
+  return {15}
+end
+return with_run({0, fence, 0}, ARGV[3], first)
+"""
+)
+
+# Drop a session from the index of sessions with work, unless it was admitted again since
+# the sweeper read its score (the index is one key, so this is one slot).
+# KEYS[1] index; ARGV[1] member, ARGV[2] the score read
+# Returns 1 when removed.
+FORGET = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
 
 # The holder ends its current run and takes the next, or releases the session.
 # KEYS[1] lease, KEYS[2] fence, KEYS[3] state, KEYS[4] queue, KEYS[5] the run,
@@ -170,9 +250,10 @@ return result
 #   ARGV[6] status, ARGV[7] output, ARGV[8] error, ARGV[9] retention ms, ARGV[10] worker,
 #   ARGV[11] user turn (JSON), ARGV[12] assistant turn (JSON or ''),
 #   ARGV[13] '1' to release even if runs are queued (shutdown), ARGV[14] finished channel,
-#   ARGV[15] the subscription the run used ('' for none)
+#   ARGV[15] the subscription the run used ('' for none),
+#   ARGV[16] reply text not yet sent as a delta event ('' for none)
 # Returns {STALE} when the fence is no longer current (nothing written);
-#   {NEXT, the next run's HGETALL...} with the lease renewed; {RELEASED}.
+#   {NEXT, the next run's HGETALL...} with the lease renewed; {RELEASED, runs still queued}.
 FINISH = (
     _HELPERS
     + """
@@ -181,6 +262,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2
 end
 local prefix, status, retention = ARGV[4], ARGV[6], tonumber(ARGV[9])
 local now = now_us()
+if ARGV[16] ~= '' then emit(prefix, 'delta', ARGV[5], ARGV[16]) end
 if redis.call('HGET', KEYS[5], 'status') == 'running' then
   redis.call('HSET', KEYS[5], 'status', status, 'output', ARGV[7], 'error', ARGV[8],
              'finished_at', now, 'subscription', ARGV[15])
@@ -191,6 +273,9 @@ if redis.call('HGET', KEYS[5], 'status') == 'running' then
     redis.call('PEXPIRE', KEYS[6], retention)
   end
   redis.call('PUBLISH', ARGV[14], ARGV[5])
+  local error = ARGV[8]
+  if status == 'completed' then error = '' end
+  emit(prefix, status, ARGV[5], error)
 end
 if ARGV[13] ~= '1' then
   local next_run = pop_next(prefix, ARGV[2], ARGV[10], now)
@@ -205,7 +290,22 @@ if ARGV[13] ~= '1' then
 end
 redis.call('HSET', KEYS[3], 'active_run', '')
 redis.call('DEL', KEYS[1])
-return {7}
+return {7, redis.call('LLEN', KEYS[4])}
+"""
+)
+
+# Deltas of a running run's reply, for the event stream; only from a current holder.
+# KEYS[1] lease, KEYS[2] fence
+# ARGV[1] token, ARGV[2] fence, ARGV[3] prefix, ARGV[4] run id, ARGV[5] text
+# Returns {OK} | {STALE}
+DELTA = (
+    _HELPERS
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return {5}
+end
+emit(ARGV[3], 'delta', ARGV[4], ARGV[5])
+return {12}
 """
 )
 
@@ -296,6 +396,7 @@ local generation = redis.call('HINCRBY', KEYS[3], 'generation', 1)
 if generation == 1 then generation = redis.call('HINCRBY', KEYS[3], 'generation', 1) end
 redis.call('HSET', KEYS[3], 'active_run', '')
 redis.call('PEXPIRE', KEYS[3], ARGV[5])
+emit(ARGV[1], 'reset', '', tostring(generation))
 local result = {12, generation}
 for _, run_id in ipairs(cancelled) do table.insert(result, run_id) end
 return result
@@ -311,11 +412,15 @@ class SessionScripts:
     cancel: AsyncScript
     stop: AsyncScript
     reset: AsyncScript
+    recover: AsyncScript
+    forget: AsyncScript
+    delta: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> SessionScripts:
         sources = {"admit": ADMIT, "finish": FINISH, "renew": RENEW, "cancel": CANCEL,
-                   "stop": STOP, "reset": RESET}  # fmt: skip
+                   "stop": STOP, "reset": RESET, "recover": RECOVER, "forget": FORGET,
+                   "delta": DELTA}  # fmt: skip
         return cls(**{name: redis.register_script(src) for name, src in sources.items()})
 
     def all(self) -> list[AsyncScript]:

@@ -9,14 +9,17 @@ import asyncio
 import hashlib
 import json
 import secrets
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from app.agents import Turn
 from app.connections import guarded
 from app.errors import (
+    InvalidKeyError,
     LeaseNotOwnedError,
     QueueFullError,
     RunNotFoundError,
@@ -24,7 +27,14 @@ from app.errors import (
     SessionBusyError,
     SessionNotFoundError,
 )
-from app.keys import CONTROL_CHANNEL, FINISHED_CHANNEL, SessionKeys, session_keys
+from app.keys import (
+    ACTIVE_SESSIONS,
+    CONTROL_CHANNEL,
+    FINISHED_CHANNEL,
+    WAKE_CHANNEL,
+    SessionKeys,
+    session_keys,
+)
 from app.locks import Lease
 from app.sessions.ids import locate_run, new_run_id
 from app.sessions.models import Admission, NewRun, Run, RunStatus, SessionView, StartedHold
@@ -45,6 +55,20 @@ class SessionRef:
     def resource(self) -> str:
         return self.keys.lease.resource
 
+    @property
+    def member(self) -> str:
+        """The session's entry in the index of sessions with work."""
+        return f"{self.tenant}/{self.session_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class AfterFinish:
+    """What the holder does next: run `next_run`, or stop (the session was released,
+    with `queued` runs left behind when released on shutdown)."""
+
+    next_run: Run | None
+    queued: int = 0
+
 
 @dataclass(frozen=True, slots=True)
 class Finished:
@@ -54,6 +78,7 @@ class Finished:
     output: str = ""
     error: str = ""
     subscription: str = ""
+    unsent_deltas: str = ""
 
 
 class SessionStore:
@@ -66,6 +91,7 @@ class SessionStore:
         retention_seconds: float,
         queue_cap: int,
         worker: str,
+        retry_lost: bool = False,
     ) -> None:
         self._redis = redis
         self._scripts = scripts
@@ -74,6 +100,7 @@ class SessionStore:
         self._retention_ms = _ms(retention_seconds)
         self._queue_cap = queue_cap
         self.worker = worker
+        self._retry_lost = retry_lost
 
     async def admit(self, session: SessionRef, new: NewRun) -> Admission:
         keys = session.keys
@@ -92,15 +119,14 @@ class SessionStore:
             "timeout_ms": _ms(new.timeout_seconds) if new.timeout_seconds else "",
         }
         sent = asyncio.get_running_loop().time()
-        reply = await guarded(
-            self._scripts.admit(
-                keys=[keys.lease.lease, keys.lease.fence, keys.state, keys.queue, keys.runs,
-                      keys.run(run_id), idem_key],
-                args=[token, self._ttl_ms, keys.prefix, run_id, new.busy_policy.value,
-                      self._queue_cap, "1" if new.idempotency_key else "0", self._retention_ms,
-                      self.worker, FINISHED_CHANNEL, CONTROL_CHANNEL, session.resource,
-                      *[x for pair in record.items() for x in pair]],
-            )
+        reply = await self._indexed_admit(
+            session,
+            keys=[keys.lease.lease, keys.lease.fence, keys.state, keys.queue, keys.runs,
+                  keys.run(run_id), idem_key],
+            args=[token, self._ttl_ms, keys.prefix, run_id, new.busy_policy.value,
+                  self._queue_cap, "1" if new.idempotency_key else "0", self._retention_ms,
+                  self.worker, FINISHED_CHANNEL, CONTROL_CHANNEL, session.resource,
+                  "1" if self._retry_lost else "0", *[x for pair in record.items() for x in pair]],
         )  # fmt: skip
         code = SessionCode(reply[0])
         if code == SessionCode.STARTED:
@@ -120,12 +146,75 @@ class SessionStore:
             raise QueueFullError(session.session_id, self._queue_cap)
         raise RuntimeError(f"unexpected admission code {code!r}")
 
+    async def _indexed_admit(self, session: SessionRef, keys: list[str], args: list[Any]) -> Any:
+        """Index the session, then admit, in one round trip.
+
+        The index entry is written first: a crash after it leaves an entry the sweeper
+        drops; a crash after the admission leaves the session indexed, so it is found.
+        """
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(ACTIVE_SESSIONS, {session.member: _now_ms()})
+            pipe.evalsha(self._scripts.admit.sha, len(keys), *keys, *args)
+            _, reply = await guarded(pipe.execute(raise_on_error=False))
+        if isinstance(reply, NoScriptError):  # after a Redis restart: load it and run again
+            reply = await guarded(self._scripts.admit(keys=keys, args=args))
+        elif isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def recover(self, session: SessionRef) -> StartedHold | bool | None:
+        """Take over a session whose holder is gone but whose work is not.
+
+        Returns the hold when this worker now holds the session, True while another holder
+        has it, None when the session has nothing to do.
+        """
+        keys = session.keys
+        token = secrets.token_hex(16)
+        sent = asyncio.get_running_loop().time()
+        reply = await guarded(
+            self._scripts.recover(
+                keys=[keys.lease.lease, keys.lease.fence, keys.state, keys.queue],
+                args=[token, self._ttl_ms, keys.prefix, self._retention_ms, self.worker,
+                      FINISHED_CHANNEL, "1" if self._retry_lost else "0"],
+            )
+        )  # fmt: skip
+        code = SessionCode(reply[0])
+        if code == SessionCode.BUSY:
+            return True
+        if code == SessionCode.IDLE:
+            return None
+        return StartedHold(token, int(reply[1]), sent, _run_from_flat(reply[3:]))
+
+    async def indexed_sessions(self, offset: int, count: int) -> list[tuple[SessionRef, float]]:
+        """Indexed sessions, least recently admitted first, from rank `offset`."""
+        entries = cast(
+            list[tuple[bytes, float]],
+            await guarded(
+                self._redis.zrange(ACTIVE_SESSIONS, offset, offset + count - 1, withscores=True)
+            ),
+        )
+        found = []
+        for member, score in entries:
+            tenant, _, session_id = _text(member).partition("/")
+            try:
+                found.append((SessionRef.of(tenant, session_id), score))
+            except InvalidKeyError:
+                await guarded(self._redis.zrem(ACTIVE_SESSIONS, member))
+        return found
+
+    async def forget(self, session: SessionRef, score: float) -> bool:
+        """Drop an idle session from the index unless it was admitted since `score`."""
+        removed = await guarded(
+            self._scripts.forget(keys=[ACTIVE_SESSIONS], args=[session.member, repr(score)])
+        )
+        return bool(removed)
+
     async def finish(
         self, session: SessionRef, lease: Lease, run: Run, outcome: Finished, *, release: bool
-    ) -> Run | None:
+    ) -> AfterFinish:
         """Record the outcome and take the next queued run (renewing the lease), or release.
 
-        Returns the next run, or None once the session is released. Raises
+        Raises
         LeaseNotOwnedError when the fence is stale: nothing was written.
         """
         keys = session.keys
@@ -141,7 +230,7 @@ class SessionStore:
                 args=[lease.token, lease.fence, self._ttl_ms, keys.prefix, run.run_id,
                       outcome.status.value, outcome.output, outcome.error, self._retention_ms,
                       self.worker, user, assistant, "1" if release else "0", FINISHED_CHANNEL,
-                      outcome.subscription],
+                      outcome.subscription, outcome.unsent_deltas],
             )
         )  # fmt: skip
         code = SessionCode(reply[0])
@@ -149,8 +238,39 @@ class SessionStore:
             raise LeaseNotOwnedError(lease.key)
         if code == SessionCode.NEXT:
             lease.valid_until = sent + lease.ttl
-            return _run_from_flat(reply[1:])
-        return None
+            return AfterFinish(_run_from_flat(reply[1:]))
+        return AfterFinish(None, int(reply[1]))
+
+    async def delta(self, session: SessionRef, lease: Lease, run_id: str, text: str) -> None:
+        """Append reply text to the session's event stream; refused for a stale fence."""
+        keys = session.keys
+        reply = await guarded(
+            self._scripts.delta(
+                keys=[keys.lease.lease, keys.lease.fence],
+                args=[lease.token, lease.fence, keys.prefix, run_id, text],
+            )
+        )
+        if SessionCode(reply[0]) == SessionCode.STALE:
+            raise LeaseNotOwnedError(lease.key)
+
+    async def events_after(
+        self, session: SessionRef, after: str | None, count: int
+    ) -> list[tuple[str, dict[str, str]]]:
+        """Entries of the session's event stream after id `after` (all, if None)."""
+        start = f"({after}" if after else "-"
+        entries = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            await guarded(self._redis.xrange(session.keys.events, start, "+", count=count)),
+        )
+        return [(_text(i), _decode(fields)) for i, fields in entries]
+
+    async def last_event_id(self, session: SessionRef) -> str:
+        entries = await guarded(self._redis.xrevrange(session.keys.events, count=1))
+        return _text(entries[0][0]) if entries else "0-0"
+
+    async def require(self, session: SessionRef) -> None:
+        if not await guarded(self._redis.exists(session.keys.state)):
+            raise SessionNotFoundError(session.session_id)
 
     async def renew(self, session: SessionRef, lease: Lease) -> tuple[str, str] | None:
         """Renew the session lease; returns (run_id, reason) if the active run must stop."""
@@ -215,6 +335,9 @@ class SessionStore:
         if run_tenant != tenant:
             raise RunNotFoundError(run_id)
         return SessionRef.of(run_tenant, session_id)
+
+    async def publish_wake(self, payload: str) -> None:
+        await guarded(self._redis.publish(WAKE_CHANNEL, payload))
 
     async def get_run(self, session: SessionRef, run_id: str) -> Run:
         fields = await guarded(self._redis.hgetall(session.keys.run(run_id)))
@@ -292,6 +415,10 @@ def _decode(fields: dict[Any, Any]) -> dict[str, str]:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _now_ms() -> int:
+    return round(time.time() * 1000)
 
 
 def _digest(value: str) -> str:

@@ -1,0 +1,73 @@
+"""Server-sent events of a session's runs, served by any worker.
+
+The stream is read from Redis (a bounded stream per session), so the worker serving it
+need not be the one running the session. Readers wait on the session's channel through
+the worker's one shared pub/sub connection, and read with pooled connections, so a
+thousand readers on one worker cost no thousand Redis connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from app.deps import ResourcesDep, SessionDep, StoreDep
+from app.errors import InvalidKeyError
+
+router = APIRouter(prefix="/v1/sessions", tags=["events"])
+
+EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
+RECHECK = 5.0
+PING = 15
+BATCH = 100
+
+
+@router.get("/{session_id}/events")
+async def session_events(
+    session: SessionDep,
+    store: StoreDep,
+    resources: ResourcesDep,
+    last_event_id: Annotated[str | None, Header(max_length=50)] = None,
+    since: Annotated[
+        str | None, Query(max_length=50, description="Resume after this event id; 0 replays all.")
+    ] = None,
+) -> EventSourceResponse:
+    await store.require(session)
+    after = last_event_id or since
+    if after is not None and after != "0" and not EVENT_ID.fullmatch(after):
+        raise InvalidKeyError(after, "an event id looks like 1700000000000-0")
+    start = "0-0" if after == "0" else after or await store.last_event_id(session)
+    channel = session.keys.events
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        last = start
+        async with resources.hub.watch(channel) as arrived:
+            while True:
+                arrived.clear()  # before reading: an entry added after the read wakes us
+                for event_id, fields in await store.events_after(session, last, BATCH):
+                    last = event_id
+                    yield _sse(event_id, fields)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RECHECK):
+                        await arrived.wait()
+
+    return EventSourceResponse(events(), ping=PING, send_timeout=30)
+
+
+def _sse(event_id: str, fields: dict[str, str]) -> ServerSentEvent:
+    kind = fields.get("type", "message")
+    data: dict[str, str] = {"type": kind, "run_id": fields.get("run_id", "")}
+    if kind == "delta":
+        data["text"] = fields.get("text", "")
+    elif kind == "reset":
+        data["generation"] = fields.get("text", "")
+    elif fields.get("text"):
+        data["error"] = fields["text"]
+    return ServerSentEvent(data=json.dumps(data), event=kind, id=event_id)

@@ -1,0 +1,94 @@
+"""Recovery of sessions whose holder died: every worker runs a sweeper; one sweeps at a time.
+
+A session enters the index of sessions with work at each admission (before the admission
+itself, so a session that has work is always indexed). Each interval, the worker that wins
+the sweep lease walks the index: a session whose lease expired while it still had a run
+marked running or runs queued is taken over (the running one ends `lost`, or runs once
+more with LEASEGATE_RETRY_LOST_RUNS, and the queue is drained); a session with nothing to
+do is dropped from the index, unless it was admitted again meanwhile or too recently to be
+sure its admission has landed.
+
+Worst case from a SIGKILL to the take-over: the lease TTL plus one sweep interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+
+from app.errors import LeasegateError
+from app.locks import LeaseManager
+from app.metrics import Metrics
+from app.sessions.runner import SessionRunner
+from app.sessions.store import SessionStore
+
+log = logging.getLogger(__name__)
+
+SWEEP_LEASE = "sweeper"
+PAGE = 500
+MAX_PER_SWEEP = 20_000
+
+
+class Sweeper:
+    def __init__(
+        self,
+        store: SessionStore,
+        runner: SessionRunner,
+        leases: LeaseManager,
+        metrics: Metrics,
+        *,
+        interval: float,
+        idle_grace: float,
+    ) -> None:
+        self._store = store
+        self._runner = runner
+        self._leases = leases
+        self._metrics = metrics
+        self._interval = interval
+        self._idle_grace_ms = idle_grace * 1000
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="session-sweeper")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            # A little jitter spreads the workers' attempts; the sweep lease lasts less than
+            # the shortest pause, so some worker sweeps at least once every interval.
+            await asyncio.sleep(self._interval * random.uniform(0.9, 1.0))
+            try:
+                await self.sweep()
+            except LeasegateError as exc:
+                log.warning("sweeper: %s", exc)
+            except Exception:
+                log.exception("sweeper: unexpected failure")
+
+    async def sweep(self) -> int:
+        """One pass over the index, if no other worker swept within the interval.
+        Returns the number of sessions taken over."""
+        if await self._leases.acquire(SWEEP_LEASE, ttl=self._interval * 0.8) is None:
+            return 0
+        taken = 0
+        for offset in range(0, MAX_PER_SWEEP, PAGE):
+            page = await self._store.indexed_sessions(offset, PAGE)
+            for session, score in page:
+                outcome = await self._runner.take_over(session)
+                if outcome == "taken":
+                    taken += 1
+                    self._metrics.sweeper_recoveries.inc()
+                elif outcome == "idle" and score < time.time() * 1000 - self._idle_grace_ms:
+                    await self._store.forget(session, score)
+            if len(page) < PAGE:
+                break
+        if taken:
+            log.warning("sweeper: took over %d session(s)", taken)
+        return taken
