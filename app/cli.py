@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -41,6 +43,7 @@ def run_serve(host: str, port: int, workers: int) -> None:
             f"data in {embedded.data_dir}",
             flush=True,
         )
+    _prepare_metrics_dir(settings.data_dir / "metrics")
     # SIGTERM must end uvicorn's supervisor the way Ctrl-C does, so the finally below runs.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
@@ -64,6 +67,16 @@ def run_serve(host: str, port: int, workers: int) -> None:
         if embedded is not None:
             embedded.stop()
             print("leasegate: embedded redis-server stopped", flush=True)
+
+
+def _prepare_metrics_dir(folder: Path) -> None:
+    """Workers share their metrics through files here (prometheus-client's multiprocess
+    mode); emptied at each start so that a previous run's counts do not add up."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder.resolve())
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 
+from app import logs
 from app.errors import AuthError
 from app.resources import Resources
 from app.sessions.runner import SessionRunner
@@ -37,10 +38,12 @@ async def get_tenant(
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> str:
     try:
-        return resources.api_keys.tenant(authorization)
+        tenant = resources.api_keys.tenant(authorization)
     except AuthError as exc:
         log.warning("authentication failed: %s %s: %s", request.method, request.url.path, exc)
         raise
+    logs.bind(tenant=tenant)
+    return tenant
 
 
 async def require_internal(
@@ -69,6 +72,7 @@ SessionIdPath = Annotated[
 
 
 async def get_session(session_id: SessionIdPath, tenant: TenantDep) -> SessionRef:
+    logs.bind(session=session_id)
     return SessionRef.of(tenant, session_id)
 
 

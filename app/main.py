@@ -11,9 +11,11 @@ from fastapi import FastAPI
 from app import logs, problems
 from app.agents import AgentRegistry
 from app.metrics import Metrics
+from app.middleware import RequestIdMiddleware
 from app.resources import Resources
 from app.routers import agents as agents_router
 from app.routers import events, health, internal, runs, sessions
+from app.routers import metrics as metrics_router
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,10 +45,12 @@ def create_app(
         finally:
             await resources.close()
 
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     app = FastAPI(title="leasegate", version="0.1.0", lifespan=lifespan)
-    problems.install(app, retry_after_seconds=settings.retry_after_seconds)
+    app.add_middleware(RequestIdMiddleware)
+    problems.install(app, retry_after_seconds=settings.retry_after_seconds, metrics=metrics)
     app.include_router(health.router)
+    app.include_router(metrics_router.router)
     app.include_router(sessions.router)
     app.include_router(events.router)
     app.include_router(runs.router)

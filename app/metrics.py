@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
+    """Every metric of one process. With PROMETHEUS_MULTIPROC_DIR set (as `leasegate serve`
+    does), each worker writes its values to files there and `exposition()` sums all
+    workers' values, so a scrape of any worker shows the whole server."""
+
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.lease_acquisitions = Counter(
@@ -54,3 +63,29 @@ class Metrics:
             "Sessions taken over from a holder that died or left.",
             registry=self.registry,
         )
+        self.queue_depth = Histogram(
+            "leasegate_queue_depth",
+            "Position of each queued run at admission (0: it started at once).",
+            buckets=(0, 1, 2, 5, 10, 20, 50, 100),
+            registry=self.registry,
+        )
+        self.run_duration = Histogram(
+            "leasegate_run_duration_seconds",
+            "Time from a run's start to its outcome, on its holder.",
+            ["status"],
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800, 7200),
+            registry=self.registry,
+        )
+        self.redis_errors = Counter(
+            "leasegate_redis_errors",
+            "Requests answered 503 because Redis could not be reached.",
+            registry=self.registry,
+        )
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of this process, or of every worker in multiprocess mode."""
+        if os.environ.get(MULTIPROCESS_DIR):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -32,6 +32,7 @@ from app.errors import (
     UnknownAgentError,
     UnknownSubscriptionError,
 )
+from app.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +95,13 @@ def problem_response(
     return JSONResponse(body, status_code=problem.status, headers=headers, media_type=PROBLEM_JSON)
 
 
-def install(app: FastAPI, *, retry_after_seconds: int) -> None:
+def install(app: FastAPI, *, retry_after_seconds: int, metrics: Metrics) -> None:
     async def on_domain_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, LeasegateError)
         problem = next((p for cls, p in PROBLEMS if isinstance(exc, cls)), INTERNAL)
+        if isinstance(exc, RedisUnavailableError):
+            metrics.redis_errors.inc()
+            log.warning("%s %s: %s", request.method, request.url.path, exc)
         if problem is INTERNAL:
             log.error("unhandled %s: %s", type(exc).__name__, exc)
             return problem_response(problem, "The request failed.", request)

@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     upstream_max_retries: int = Field(default=2, ge=0, le=10)
     data_dir: Path = Field(default=Path(".leasegate-data"))
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
 
     @field_validator("redis_url")
     @classmethod

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
+from app import logs
 from app.agents import AgentRegistry, AgentRequest
 from app.errors import (
     AgentFailedError,
@@ -105,6 +106,8 @@ class SessionRunner:
             raise
         outcome = "duplicate" if admission.duplicate else "started" if admission.start else "queued"
         self._metrics.admissions.labels(outcome).inc()
+        if not admission.duplicate:
+            self._metrics.queue_depth.observe(admission.queue_position)
         log.info("admission %s: session=%s run=%s position=%d", outcome, session.session_id,
                  admission.run_id, admission.queue_position)  # fmt: skip
         if admission.start is not None:
@@ -206,6 +209,7 @@ class SessionRunner:
 
     async def _hold(self, session: SessionRef, lease: Lease, first: Run) -> None:
         """The holder's loop: one run after another until the session is released."""
+        logs.replace(tenant=session.tenant, session=session.session_id, fence=lease.fence)
         run: Run | None = first
         while run is not None:
             outcome = await self._execute(session, lease, run)
@@ -230,6 +234,8 @@ class SessionRunner:
 
     async def _execute(self, session: SessionRef, lease: Lease, run: Run) -> Finished | None:
         """Run the agent under the lease's heartbeat; None when the lease was lost."""
+        logs.bind(run=run.run_id)
+        started = asyncio.get_running_loop().time()
         active = ActiveRun(run)
         active.deltas = DeltaBuffer(
             functools.partial(self._store.delta, session, lease, run.run_id)
@@ -265,7 +271,10 @@ class SessionRunner:
             log.warning("session %s: run %s ends without writing: lease lost (fence %d)",
                         session.session_id, run.run_id, lease.fence)  # fmt: skip
             return None
-        return self._outcome(active, unsent)
+        outcome = self._outcome(active, unsent)
+        elapsed = asyncio.get_running_loop().time() - started
+        self._metrics.run_duration.labels(outcome.status.value).observe(elapsed)
+        return outcome
 
     def _outcome(self, active: ActiveRun, unsent: str) -> Finished:
         assert active.task is not None
