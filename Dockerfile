@@ -5,7 +5,8 @@ FROM python:3.12-slim
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    LEASEGATE_WORKERS=2
+    LEASEGATE_WORKERS=2 \
+    PROMETHEUS_MULTIPROC_DIR=/tmp/leasegate-metrics
 
 # Unprivileged runtime user with a writable home/work directory.
 RUN groupadd --system --gid 10001 leasegate \
@@ -31,5 +32,6 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3)"]
 
 # sh expands LEASEGATE_WORKERS; exec replaces sh with uvicorn so SIGTERM from
-# `docker stop` reaches uvicorn directly and workers shut down gracefully.
-CMD ["sh", "-c", "exec uvicorn --factory app.main:create_app --host 0.0.0.0 --port 8000 --workers \"${LEASEGATE_WORKERS:-2}\""]
+# `docker stop` reaches uvicorn directly and workers shut down gracefully. The metrics
+# folder is emptied first: the workers share their counts through files there.
+CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec uvicorn --factory app.main:create_app --host 0.0.0.0 --port 8000 --workers \"${LEASEGATE_WORKERS:-2}\""]
