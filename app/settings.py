@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.connections import parse_redis_url
 from app.keys import checked_tenant
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-REDIS_SCHEMES = {"redis", "rediss", "unix"}
 MIN_SECRET_LENGTH = 8
 
 
@@ -33,6 +32,9 @@ class Settings(BaseSettings):
         default=None, gt=0, description="Lease renewal interval; default a third of the TTL."
     )
     redis_timeout_seconds: float = Field(default=2.0, gt=0)
+    redis_max_connections: int = Field(
+        default=50, ge=4, description="Redis connections per worker (pub/sub included)."
+    )
     retry_after_seconds: int = Field(default=2, ge=1)
     queue_cap: int = Field(default=100, ge=1, description="Queued runs per session at most.")
     default_busy_policy: Literal["enqueue", "interrupt", "reject"] = "enqueue"
@@ -77,23 +79,11 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
+        """A single server, a Cluster or a Sentinel set (see app/connections.py for the
+        URL forms); the error names what is wrong, never the URL itself."""
         if value is None or value == "":
             return None
-        parts = urlsplit(value)
-        if parts.scheme not in REDIS_SCHEMES:
-            raise ValueError(
-                f"LEASEGATE_REDIS_URL must start with one of {sorted(REDIS_SCHEMES)}://"
-            )
-        if parts.scheme == "unix":
-            if not parts.path:
-                raise ValueError("LEASEGATE_REDIS_URL: a unix:// URL needs a socket path")
-            return value
-        if not parts.hostname:
-            raise ValueError("LEASEGATE_REDIS_URL has no host")
-        try:
-            parts.port  # noqa: B018 - raises on a malformed port
-        except ValueError as exc:
-            raise ValueError(f"LEASEGATE_REDIS_URL has an invalid port: {exc}") from None
+        parse_redis_url(value)  # a ValueError with a clear message
         return value
 
     @field_validator("internal_secret")

@@ -14,8 +14,9 @@ from redis.asyncio import Redis
 from app.locks import LeaseManager, LeaseScripts
 from app.metrics import Metrics
 from app.pubsub import PubSubHub
-from app.redis_server import RedisServer
+from app.redis_server import LocalRedisCluster, RedisServer
 from app.settings import Settings
+from tests.cluster import RedisTarget, cluster_target, single_target
 from tests.servers import Servers, running_servers
 
 
@@ -103,4 +104,50 @@ def servers(
 ) -> Iterator[Servers]:
     """Real multi-process servers (API keys and internal secret set), shared by the suite."""
     with running_servers(redis_server.url, tmp_path_factory.mktemp("servers")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """A real Redis Cluster of 3 primaries, started once per test session."""
+    with LocalRedisCluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def clean_cluster(redis_cluster: LocalRedisCluster) -> LocalRedisCluster:
+    """The session's cluster, emptied for this test."""
+    redis_cluster.flushall()
+    return redis_cluster
+
+
+@pytest.fixture(scope="session", params=["single", "cluster"])
+def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
+    """Each Redis topology in turn: one server, then a 3-primary cluster (each started once).
+
+    A suite runs against both by taking `redis_target`/`target_redis` where it took
+    `redis_server`/`redis`.
+    """
+    if request.param == "cluster":
+        return cluster_target(request.getfixturevalue("redis_cluster"))
+    return single_target(request.getfixturevalue("redis_server").url)
+
+
+@pytest.fixture
+async def target_redis(redis_target: RedisTarget) -> AsyncIterator[Redis]:
+    """A client of `redis_target`, emptied for this test (a RedisCluster on a cluster)."""
+    from app.connections import create_redis
+
+    redis_target.flushall()
+    client = create_redis(make_settings(redis_target.url))
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def cluster_servers(
+    clean_cluster: LocalRedisCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Servers]:
+    """Real multi-process servers (as `servers`) on the emptied cluster, for one test."""
+    with running_servers(clean_cluster.url, tmp_path_factory.mktemp("cluster-servers")) as running:
         yield running

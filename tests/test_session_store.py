@@ -126,3 +126,37 @@ async def test_recover_ends_a_lost_run_or_runs_it_once_more(
     assert await retrying.recover(again) is None
     assert (await retrying.get_run(again, first)).status == RunStatus.LOST
     await client.aclose()
+
+
+async def test_a_re_sent_admission_answers_as_the_first_did(
+    store: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client library re-sends a script whose reply was lost; nothing may double."""
+    session = SessionRef.of("t", "replay")
+    monkeypatch.setattr("app.sessions.store.new_run_id", lambda *_: "fixed-run")
+    monkeypatch.setattr("app.sessions.store.secrets.token_hex", lambda _: "fixed-token")
+    first = await store.admit(session, message("once"))
+    again = await store.admit(session, message("once"))
+    assert first.start is not None and again.start is not None
+    assert again.start.first_run.run_id == "fixed-run" and again.start.fence == first.start.fence
+    monkeypatch.setattr("app.sessions.store.new_run_id", lambda *_: "queued-run")
+    monkeypatch.setattr("app.sessions.store.secrets.token_hex", lambda _: "another-token")
+    queued = await store.admit(session, message("second"))
+    queued_again = await store.admit(session, message("second"))
+    assert (queued.status, queued.queue_position) == (RunStatus.QUEUED, 1)
+    assert (queued_again.status, queued_again.queue_position) == (RunStatus.QUEUED, 1)
+    assert (await store.view(session)).queued == ["queued-run"]
+
+
+async def test_a_re_sent_finish_does_not_take_a_second_run(store: SessionStore) -> None:
+    session = SessionRef.of("t", "replay-finish")
+    lease, run_id = await started(store, session, "one")
+    second = (await store.admit(session, message("two"))).run_id
+    third = (await store.admit(session, message("three"))).run_id
+    run = await store.get_run(session, run_id)
+    outcome = Finished(RunStatus.COMPLETED, "1")
+    after = await store.finish(session, lease, run, outcome, release=False)
+    again = await store.finish(session, lease, run, outcome, release=False)
+    assert after.next_run is not None and again.next_run is not None
+    assert after.next_run.run_id == again.next_run.run_id == second
+    assert (await store.view(session)).queued == [third]

@@ -15,6 +15,7 @@ from app.agents import AgentRegistry, AgentRequest, EchoAgent
 from app.main import create_app
 from app.metrics import Metrics
 from app.redis_server import RedisServer
+from tests.cluster import RedisTarget
 from tests.conftest import client_for, make_settings
 from tests.waiting import wait_until, written_keys
 
@@ -22,8 +23,8 @@ SLOW = {"delay_ms": 400}
 
 
 @pytest.fixture
-async def api(redis: Redis, redis_server: RedisServer) -> AsyncIterator[httpx.AsyncClient]:
-    settings = make_settings(redis_server.url, lease_ttl_seconds=2.0, queue_cap=5)
+async def api(target_redis: Redis, redis_target: RedisTarget) -> AsyncIterator[httpx.AsyncClient]:
+    settings = make_settings(redis_target.url, lease_ttl_seconds=2.0, queue_cap=5)
     async with client_for(create_app(settings)) as client:
         yield client
 
@@ -147,12 +148,16 @@ async def test_concurrent_identical_idempotent_posts_make_one_run(api: httpx.Asy
     ],
 )
 async def test_bad_ids_and_bodies_are_422_and_change_nothing(
-    api: httpx.AsyncClient, redis: Redis, path: str, body: dict[str, Any], params: dict[str, Any]
+    api: httpx.AsyncClient,
+    target_redis: Redis,
+    path: str,
+    body: dict[str, Any],
+    params: dict[str, Any],
 ) -> None:
     response = await api.post(path, json=body, params=params)
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
-    assert await written_keys(redis) == []
+    assert await written_keys(target_redis) == []
 
 
 async def test_malformed_or_unknown_run_ids_are_404(api: httpx.AsyncClient) -> None:
@@ -223,7 +228,7 @@ async def test_interrupt_policy_interrupts_the_running_run_and_keeps_its_output(
 
 
 async def test_interrupted_run_keeps_its_partial_output(
-    redis: Redis, redis_server: RedisServer
+    target_redis: Redis, redis_target: RedisTarget
 ) -> None:
     first_delta = asyncio.Event()
 
@@ -236,7 +241,7 @@ async def test_interrupted_run_keeps_its_partial_output(
             yield "done"
 
     agents = AgentRegistry({"echo": HalfThenHang()})
-    settings = make_settings(redis_server.url, lease_ttl_seconds=2.0)
+    settings = make_settings(redis_target.url, lease_ttl_seconds=2.0)
     async with client_for(create_app(settings, agents=agents)) as api:
         old = (await post(api, "s", "hang")).json()
         await first_delta.wait()
@@ -256,10 +261,10 @@ async def test_a_failing_agent_fails_the_run_and_frees_the_session(api: httpx.As
 
 
 async def test_reset_racing_a_failing_run_leaves_no_zombie(
-    redis: Redis, redis_server: RedisServer
+    target_redis: Redis, redis_target: RedisTarget
 ) -> None:
     metrics = Metrics()
-    settings = make_settings(redis_server.url, lease_ttl_seconds=2.0)
+    settings = make_settings(redis_target.url, lease_ttl_seconds=2.0)
     async with client_for(create_app(settings, metrics=metrics)) as api:
         await _reset_racing_a_failing_run(api, metrics)
 
@@ -288,7 +293,7 @@ async def _reset_racing_a_failing_run(api: httpx.AsyncClient, metrics: Metrics) 
 
 
 async def test_follow_ups_are_drained_by_a_loop_with_constant_stack_depth(
-    redis: Redis, redis_server: RedisServer
+    target_redis: Redis, redis_target: RedisTarget
 ) -> None:
     depths: list[int] = []
     gate = asyncio.Event()
@@ -300,7 +305,7 @@ async def test_follow_ups_are_drained_by_a_loop_with_constant_stack_depth(
                 await gate.wait()
             yield "ok"
 
-    settings = make_settings(redis_server.url, lease_ttl_seconds=2.0)
+    settings = make_settings(redis_target.url, lease_ttl_seconds=2.0)
     async with client_for(
         create_app(settings, agents=AgentRegistry({"echo": DepthProbe()}))
     ) as api:
@@ -324,13 +329,13 @@ async def test_runs_are_listed_newest_first_with_pages(api: httpx.AsyncClient) -
 
 
 async def test_an_idle_session_holds_no_lease_and_every_key_expires(
-    api: httpx.AsyncClient, redis: Redis
+    api: httpx.AsyncClient, target_redis: Redis
 ) -> None:
     await post(api, "s", "hello", wait=5)
-    keys = [k.decode() async for k in redis.scan_iter("lg:{s:*")]
+    keys = [k.decode() async for k in target_redis.scan_iter("lg:{s:*")]
     assert not any(k.endswith(":lease") for k in keys)
     for key in keys:
-        ttl = await redis.ttl(key)
+        ttl = await target_redis.ttl(key)
         assert 0 < ttl <= 7 * 24 * 3600, (key, ttl)
 
 

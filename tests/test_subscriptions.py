@@ -27,7 +27,7 @@ from app.locks import LeaseManager, LeaseScripts
 from app.main import create_app
 from app.metrics import Metrics
 from app.pubsub import PubSubHub
-from app.redis_server import RedisServer
+from tests.cluster import RedisTarget
 from tests.conftest import client_for, make_settings
 from tests.fake_upstream import FakeUpstream, running_upstream
 from tests.observe import counting
@@ -49,9 +49,9 @@ async def service(url: str, tmp_path: Path, **overrides: Any) -> AsyncIterator[h
 
 @pytest.fixture
 async def api(
-    redis: Redis, redis_server: RedisServer, tmp_path: Path
+    target_redis: Redis, redis_target: RedisTarget, tmp_path: Path
 ) -> AsyncIterator[httpx.AsyncClient]:
-    async with service(redis_server.url, tmp_path) as http:
+    async with service(redis_target.url, tmp_path) as http:
         yield http
 
 
@@ -88,9 +88,9 @@ async def fail(
 
 
 async def test_twenty_concurrent_failures_switch_once_and_every_run_completes_on_b(
-    api: httpx.AsyncClient, redis: Redis
+    api: httpx.AsyncClient, target_redis: Redis
 ) -> None:
-    async with counting(redis, RELOAD_CHANNEL) as reloads:
+    async with counting(target_redis, RELOAD_CHANNEL) as reloads:
         runs = await asyncio.gather(
             *(post(api, f"s{i}", "helper", **EXHAUSTED_A) for i in range(20))
         )
@@ -129,9 +129,9 @@ async def test_no_viable_subscription_is_recorded_once_per_burst(api: httpx.Asyn
 
 
 async def test_two_agents_switch_independently(
-    api: httpx.AsyncClient, redis_server: RedisServer
+    api: httpx.AsyncClient, redis_target: RedisTarget
 ) -> None:
-    client = create_redis(make_settings(redis_server.url))
+    client = create_redis(make_settings(redis_target.url))
     hub = PubSubHub(client)
     hub.start()
     leases = LeaseManager(
@@ -174,23 +174,23 @@ def _hold_switch_lease_forever(url: str, resource: str, ready: Any) -> None:
 
 @pytest.mark.multiprocess
 async def test_a_switch_holder_killed_mid_switch_leaves_nothing_half_written(
-    redis: Redis, redis_server: RedisServer, tmp_path: Path
+    target_redis: Redis, redis_target: RedisTarget, tmp_path: Path
 ) -> None:
     context = multiprocessing.get_context("spawn")
     ready = context.Event()
     resource = agent_keys("helper").lease.resource
     holder = context.Process(
-        target=_hold_switch_lease_forever, args=(redis_server.url, resource, ready)
+        target=_hold_switch_lease_forever, args=(redis_target.url, resource, ready)
     )
     holder.start()
     try:
         assert ready.wait(30)
-        before = await redis.hgetall(agent_keys("helper").assignment)
+        before = await target_redis.hgetall(agent_keys("helper").assignment)
         assert holder.pid is not None
         os.kill(holder.pid, signal.SIGKILL)  # dies holding the lease, renewals stop
         holder.join(10)
-        assert await redis.hgetall(agent_keys("helper").assignment) == before
-        async with service(redis_server.url, tmp_path, switch_wait_timeout_seconds=5) as api:
+        assert await target_redis.hgetall(agent_keys("helper").assignment) == before
+        async with service(redis_target.url, tmp_path, switch_wait_timeout_seconds=5) as api:
             started = time.monotonic()
             result = await fail(api, "helper", "sub-a")
             assert result["switched"] and result["to"] == "sub-b"
@@ -223,7 +223,7 @@ async def test_manual_assignment_racing_an_auto_switch_is_serialized(
 
 
 async def test_each_switch_posts_the_webhook_once(
-    redis: Redis, redis_server: RedisServer, tmp_path: Path
+    target_redis: Redis, redis_target: RedisTarget, tmp_path: Path
 ) -> None:
     received: list[dict[str, Any]] = []
     receiver = FastAPI()
@@ -235,7 +235,7 @@ async def test_each_switch_posts_the_webhook_once(
 
     async with running_upstream(receiver) as base_url:
         hook_url = base_url.removesuffix("/v1") + "/hook"
-        async with service(redis_server.url, tmp_path, webhook_url=hook_url) as api:
+        async with service(redis_target.url, tmp_path, webhook_url=hook_url) as api:
             await asyncio.gather(*(post(api, f"s{i}", "helper", **EXHAUSTED_A) for i in range(10)))
             await wait_until(lambda: _at_least(received, 1), what="the webhook")
             await fail(api, "helper", "sub-a")  # stale now: no second POST
@@ -309,7 +309,7 @@ def test_agents_file_reads_keys_from_the_environment(tmp_path: Path) -> None:
 
 
 async def test_an_openai_agent_switches_and_retries_on_the_new_key(
-    redis: Redis, redis_server: RedisServer, tmp_path: Path
+    target_redis: Redis, redis_target: RedisTarget, tmp_path: Path
 ) -> None:
     upstream = FakeUpstream()
     upstream.status(429, {"error": {"message": "Rate limit reached"}}).stream(["all ", "good"])
@@ -324,7 +324,7 @@ async def test_an_openai_agent_switches_and_retries_on_the_new_key(
         agents = AgentRegistry(
             {"llm": OpenAIAgent(config.agents["llm"], backoff_base=0.01)}, config=config
         )
-        settings = make_settings(redis_server.url, internal_secret=INTERNAL_SECRET)
+        settings = make_settings(redis_target.url, internal_secret=INTERNAL_SECRET)
         async with client_for(create_app(settings, agents=agents)) as api:
             run = await post(api, "s", "llm")
             api.headers.update(INTERNAL)

@@ -164,6 +164,15 @@ if ARGV[7] == '1' then
   local existing = redis.call('GET', KEYS[7])
   if existing then return {4, existing} end
 end
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  -- The client re-sent this admission after losing the reply: answer as the first did.
+  if redis.call('GET', KEYS[1]) == ARGV[1] then
+    local first = redis.call('HGET', KEYS[3], 'active_run') or ''
+    if first ~= '' then return with_run({0, redis.call('GET', KEYS[2]), 0}, prefix, first) end
+  end
+  local index = redis.call('LPOS', KEYS[4], run_id)
+  return {1, index and index + 1 or 0, redis.call('HGET', KEYS[3], 'active_run') or ''}
+end
 local now = now_us()
 local generation = redis.call('HGET', KEYS[3], 'generation')
 if not generation then
@@ -261,6 +270,11 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2
   return {5}
 end
 local prefix, status, retention = ARGV[4], ARGV[6], tonumber(ARGV[9])
+local current = redis.call('HGET', KEYS[3], 'active_run') or ''
+if current ~= '' and current ~= ARGV[5] then
+  -- A re-sent call (the first reply was lost): this holder already moved on to `current`.
+  return with_run({6}, prefix, current)
+end
 local now = now_us()
 if ARGV[16] ~= '' then emit(prefix, 'delta', ARGV[5], ARGV[16]) end
 if redis.call('HGET', KEYS[5], 'status') == 'running' then
@@ -281,11 +295,7 @@ if ARGV[13] ~= '1' then
   local next_run = pop_next(prefix, ARGV[2], ARGV[10], now)
   if next_run then
     redis.call('PEXPIRE', KEYS[1], ARGV[3])
-    local result = {6}
-    for _, v in ipairs(redis.call('HGETALL', prefix .. 'run:' .. next_run)) do
-      table.insert(result, v)
-    end
-    return result
+    return with_run({6}, prefix, next_run)
   end
 end
 redis.call('HSET', KEYS[3], 'active_run', '')

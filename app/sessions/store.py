@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
 from app.agents import Turn
-from app.connections import guarded
+from app.connections import guarded, is_cluster
 from app.errors import (
     InvalidKeyError,
     LeaseNotOwnedError,
@@ -152,8 +152,14 @@ class SessionStore:
         The index entry is written first: a crash after it leaves an entry the sweeper
         drops; a crash after the admission leaves the session indexed, so it is found.
         """
+        index = {session.member: _now_ms()}
+        if is_cluster(self._redis):
+            # The index and the session live on different nodes, and a cluster pipeline
+            # sends to each node at once: index first takes two steps here.
+            await guarded(self._redis.zadd(ACTIVE_SESSIONS, index))
+            return await guarded(self._scripts.admit(keys=keys, args=args))
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(ACTIVE_SESSIONS, {session.member: _now_ms()})
+            pipe.zadd(ACTIVE_SESSIONS, index)
             pipe.evalsha(self._scripts.admit.sha, len(keys), *keys, *args)
             _, reply = await guarded(pipe.execute(raise_on_error=False))
         if isinstance(reply, NoScriptError):  # after a Redis restart: load it and run again
