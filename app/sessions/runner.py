@@ -114,6 +114,10 @@ class SessionRunner:
             self.adopt(session, admission.start)
         return admission
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     def adopt(self, session: SessionRef, hold: StartedHold) -> None:
         """Become the session's holder: run its runs in a task of this worker."""
         lease = Lease(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from app.agents import Turn
@@ -174,22 +175,54 @@ class SessionStore:
         Returns the hold when this worker now holds the session, True while another holder
         has it, None when the session has nothing to do.
         """
-        keys = session.keys
-        token = secrets.token_hex(16)
+        [outcome] = await self.recover_many([session])
+        return outcome
+
+    async def recover_many(self, sessions: list[SessionRef]) -> list[StartedHold | bool | None]:
+        """`recover` for many sessions, in one round trip where the topology allows."""
+        calls = [(s.keys, secrets.token_hex(16)) for s in sessions]
         sent = asyncio.get_running_loop().time()
-        reply = await guarded(
-            self._scripts.recover(
-                keys=[keys.lease.lease, keys.lease.fence, keys.state, keys.queue],
-                args=[token, self._ttl_ms, keys.prefix, self._retention_ms, self.worker,
-                      FINISHED_CHANNEL, "1" if self._retry_lost else "0"],
-            )
-        )  # fmt: skip
-        code = SessionCode(reply[0])
-        if code == SessionCode.BUSY:
-            return True
-        if code == SessionCode.IDLE:
-            return None
-        return StartedHold(token, int(reply[1]), sent, _run_from_flat(reply[3:]))
+
+        def arguments(keys: SessionKeys, token: str) -> tuple[list[str], list[Any]]:
+            return (
+                [keys.lease.lease, keys.lease.fence, keys.state, keys.queue],
+                [token, self._ttl_ms, keys.prefix, self._retention_ms, self.worker,
+                 FINISHED_CHANNEL, "1" if self._retry_lost else "0"],
+            )  # fmt: skip
+
+        if is_cluster(self._redis) or len(calls) == 1:  # a cluster pipelines no scripts
+            replies = [
+                await guarded(self._scripts.recover(*arguments(keys, token)))
+                for keys, token in calls
+            ]
+        else:
+            replies = await self._pipelined(self._scripts.recover, [arguments(*c) for c in calls])
+        outcomes: list[StartedHold | bool | None] = []
+        for (_, token), reply in zip(calls, replies, strict=True):
+            code = SessionCode(reply[0])
+            if code == SessionCode.BUSY:
+                outcomes.append(True)
+            elif code == SessionCode.IDLE:
+                outcomes.append(None)
+            else:
+                outcomes.append(StartedHold(token, int(reply[1]), sent, _run_from_flat(reply[3:])))
+        return outcomes
+
+    async def _pipelined(
+        self, script: AsyncScript, calls: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """Run one script many times in one round trip (EVALSHA; loaded first if missing)."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            replies: list[Any] = await guarded(pipe.execute(raise_on_error=False))
+        if any(isinstance(r, NoScriptError) for r in replies):
+            await guarded(self._redis.script_load(script.script))
+            return await self._pipelined(script, calls)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     async def indexed_sessions(self, offset: int, count: int) -> list[tuple[SessionRef, float]]:
         """Indexed sessions, least recently admitted first, from rank `offset`."""
@@ -208,12 +241,16 @@ class SessionStore:
                 await guarded(self._redis.zrem(ACTIVE_SESSIONS, member))
         return found
 
-    async def forget(self, session: SessionRef, score: float) -> bool:
-        """Drop an idle session from the index unless it was admitted since `score`."""
-        removed = await guarded(
-            self._scripts.forget(keys=[ACTIVE_SESSIONS], args=[session.member, repr(score)])
-        )
-        return bool(removed)
+    async def forget(self, entries: list[tuple[SessionRef, float]]) -> int:
+        """Drop idle sessions from the index, each unless admitted since its `score`."""
+        calls = [([ACTIVE_SESSIONS], [session.member, repr(score)]) for session, score in entries]
+        if not calls:
+            return 0
+        if is_cluster(self._redis):
+            removed = [await guarded(self._scripts.forget(keys=k, args=a)) for k, a in calls]
+        else:
+            removed = await self._pipelined(self._scripts.forget, calls)
+        return sum(int(r) for r in removed)
 
     async def finish(
         self, session: SessionRef, lease: Lease, run: Run, outcome: Finished, *, release: bool

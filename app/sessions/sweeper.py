@@ -22,6 +22,7 @@ import time
 from app.errors import LeasegateError
 from app.locks import LeaseManager
 from app.metrics import Metrics
+from app.sessions.models import StartedHold
 from app.sessions.runner import SessionRunner
 from app.sessions.store import SessionStore
 
@@ -75,18 +76,24 @@ class Sweeper:
     async def sweep(self) -> int:
         """One pass over the index, if no other worker swept within the interval.
         Returns the number of sessions taken over."""
+        if self._runner.closing:
+            return 0
         if await self._leases.acquire(SWEEP_LEASE, ttl=self._interval * 0.8) is None:
             return 0
         taken = 0
         for offset in range(0, MAX_PER_SWEEP, PAGE):
             page = await self._store.indexed_sessions(offset, PAGE)
-            for session, score in page:
-                outcome = await self._runner.take_over(session)
-                if outcome == "taken":
+            outcomes = await self._store.recover_many([session for session, _ in page])
+            stale_before = time.time() * 1000 - self._idle_grace_ms
+            idle = []
+            for (session, score), outcome in zip(page, outcomes, strict=True):
+                if isinstance(outcome, StartedHold):
                     taken += 1
                     self._metrics.sweeper_recoveries.inc()
-                elif outcome == "idle" and score < time.time() * 1000 - self._idle_grace_ms:
-                    await self._store.forget(session, score)
+                    self._runner.adopt(session, outcome)
+                elif outcome is None and score < stale_before:
+                    idle.append((session, score))
+            await self._store.forget(idle)
             if len(page) < PAGE:
                 break
         if taken:
