@@ -51,13 +51,24 @@ class Heartbeat:
         self._on_lost = on_lost
         self._margin = lease.ttl / 5
         self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self.lost: LeaseLostError | None = None
 
     def start(self) -> None:
+        # The first renewal is due only after one interval: a timer until then, not a task,
+        # so that the many runs shorter than an interval cost no task at all.
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._interval, self._begin)
+
+    def _begin(self) -> None:
+        self._timer = None
         self._task = asyncio.create_task(self._beat(), name=f"heartbeat:{self._lease.key}")
 
     async def stop(self) -> None:
         """Stop renewing; always before the lease is released."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
         task, self._task = self._task, None
         if task is None or task.done():
             return
@@ -67,9 +78,10 @@ class Heartbeat:
 
     async def _beat(self) -> None:
         loop = asyncio.get_running_loop()
-        delay = self._interval
+        delay = 0.0  # started one interval after the grant
         while True:
-            await asyncio.sleep(delay)
+            if delay:
+                await asyncio.sleep(delay)
             budget = self._lease.valid_until - self._margin - loop.time()
             if budget <= 0:
                 return self._lose("unreachable", "Redis unreachable until the lease could expire")

@@ -9,7 +9,6 @@ precede the terminal event.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -26,36 +25,38 @@ class DeltaBuffer:
     def __init__(self, send: Send) -> None:
         self._send = send
         self._pending: list[str] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._sending = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._sender: asyncio.Task[None] | None = None
 
     def add(self, delta: str) -> None:
         self._pending.append(delta)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush_soon())
+        if self._timer is None:
+            # A timer, not a task: a fast run ends before it fires and costs nothing.
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush)
 
     async def drain(self) -> str:
         """Stop flushing; return what was never sent (the caller sends it with the outcome)."""
-        flusher, self._flusher = self._flusher, None
-        if flusher is not None and not flusher.done():
-            if self._sending:
-                await asyncio.wait([flusher])  # keep the order of the events
-            else:
-                flusher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await flusher
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        sender, self._sender = self._sender, None
+        if sender is not None and not sender.done():
+            await asyncio.wait([sender])  # keep the order of the events
         text, self._pending = "".join(self._pending), []
         return text
 
-    async def _flush_soon(self) -> None:
-        await asyncio.sleep(FLUSH_DELAY)
-        text, self._pending = "".join(self._pending), []
-        if not text:
+    def _flush(self) -> None:
+        self._timer = None
+        if self._sender is not None and not self._sender.done():
+            # One write at a time keeps the events in order; try again shortly.
+            self._timer = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush)
             return
-        self._sending = True
+        text, self._pending = "".join(self._pending), []
+        if text:
+            self._sender = asyncio.create_task(self._send_quietly(text))
+
+    async def _send_quietly(self, text: str) -> None:
         try:
             await self._send(text)
         except (LeaseNotOwnedError, RedisUnavailableError) as exc:
             log.debug("deltas not written: %s", exc)  # the heartbeat deals with the lease
-        finally:
-            self._sending = False
