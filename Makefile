@@ -33,7 +33,9 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	bash bench/ensure-wrk.sh
 	$(BIN)/python -m bench.leases
+	$(BIN)/python -m bench.service
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
