@@ -21,6 +21,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from app.tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 SUBSCRIBE_CONFIRM_TIMEOUT = 1.0
@@ -57,11 +59,8 @@ class PubSubHub:
         for task in list(self._background):
             task.cancel()
         reader, self._reader = self._reader, None
-        # A cancel that lands as redis-py's read timeout fires can be swallowed (Python 3.11's
-        # asyncio.timeout); the `_closed` flag and a repeated cancel end the reader anyway.
-        while reader is not None and not reader.done():
-            reader.cancel()
-            await asyncio.wait([reader], timeout=0.1)
+        if reader is not None:
+            await cancel_and_wait(reader)  # see app/tasks.py; `_closed` stops the loop too
         with contextlib.suppress(RedisError, OSError):
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 

@@ -16,13 +16,13 @@ Either loss is logged at ERROR with the key and fence and counted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from app.errors import LeaseLostError, LeaseNotOwnedError, RedisUnavailableError
 from app.metrics import Metrics
+from app.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from app.locks.lease import Lease
@@ -52,6 +52,7 @@ class Heartbeat:
         self._margin = lease.ttl / 5
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._stopped = False
         self.lost: LeaseLostError | None = None
 
     def start(self) -> None:
@@ -62,6 +63,8 @@ class Heartbeat:
 
     def _begin(self) -> None:
         self._timer = None
+        if self._stopped:
+            return
         self._task = asyncio.create_task(self._beat(), name=f"heartbeat:{self._lease.key}")
 
     async def stop(self) -> None:
@@ -69,17 +72,15 @@ class Heartbeat:
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
+        self._stopped = True
         task, self._task = self._task, None
-        if task is None or task.done():
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if task is not None:
+            await cancel_and_wait(task)
 
     async def _beat(self) -> None:
         loop = asyncio.get_running_loop()
         delay = 0.0  # started one interval after the grant
-        while True:
+        while not self._stopped:
             if delay:
                 await asyncio.sleep(delay)
             budget = self._lease.valid_until - self._margin - loop.time()

@@ -41,6 +41,7 @@ from app.sessions.deltas import DeltaBuffer
 from app.sessions.models import Admission, NewRun, Run, RunStatus, StartedHold
 from app.sessions.store import AfterFinish, Finished, SessionRef, SessionStore
 from app.subscriptions.switcher import Subscriptions
+from app.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -207,9 +208,7 @@ class SessionRunner:
         if self._holders:
             _, pending = await asyncio.wait(set(self._holders), timeout=CLOSE_TIMEOUT)
             for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
+                await cancel_and_wait(task)
 
     async def _hold(self, session: SessionRef, lease: Lease, first: Run) -> None:
         """The holder's loop: one run after another until the session is released."""

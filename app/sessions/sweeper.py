@@ -14,7 +14,6 @@ Worst case from a SIGKILL to the take-over: the lease TTL plus one sweep interva
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -25,6 +24,7 @@ from app.metrics import Metrics
 from app.sessions.models import StartedHold
 from app.sessions.runner import SessionRunner
 from app.sessions.store import SessionStore
+from app.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +51,18 @@ class Sweeper:
         self._interval = interval
         self._idle_grace_ms = idle_grace * 1000
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="session-sweeper")
 
     async def close(self) -> None:
+        self._closed = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _loop(self) -> None:
-        while True:
+        while not self._closed:
             # A little jitter spreads the workers' attempts; the sweep lease lasts less than
             # the shortest pause, so some worker sweeps at least once every interval.
             await asyncio.sleep(self._interval * random.uniform(0.9, 1.0))
