@@ -403,3 +403,8 @@ async def guarded(awaitable: Awaitable[T]) -> T:
                 f"Redis could not be reached ({type(exc).__name__})"
             ) from exc
         raise
+
+
+def as_text(value: object) -> str:
+    """A Redis reply value (bytes, or already text) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from app.connections import as_text
 from app.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class PubSubHub:
                 self._dispatch(message)
 
     def _dispatch(self, message: dict[str, object]) -> None:
-        channel = _text(message["channel"])
+        channel = as_text(message["channel"])
         if message["type"] == "subscribe":
             confirmed = self._confirmed.get(channel)
             if confirmed is not None:
@@ -132,7 +133,7 @@ class PubSubHub:
         handler = self._handlers.get(channel)
         if handler is not None:
             try:
-                handler(_text(message["data"]))
+                handler(as_text(message["data"]))
             except Exception:
                 log.exception("pub/sub: handler for %s failed", channel)
         for event in self._waiters.get(channel, ()):
@@ -142,7 +143,3 @@ class PubSubHub:
         for events in self._waiters.values():
             for event in events:
                 event.set()
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

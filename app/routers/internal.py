@@ -52,16 +52,17 @@ async def execute_task(
     tenant = task.tenant or resources.settings.internal_tenant
     session_id = task.session_id or f"task:{agent_id}"
     session = SessionRef.of(tenant, session_id)
+    fingerprint = task.fingerprint()
     claimed = await resources.executions.claim(
         Execution(
             task.execution_id,
             tenant,
             session_id,
-            task.fingerprint(),
+            fingerprint,
             idempotency_key or task.execution_id,
         )
     )
-    if claimed.fingerprint != task.fingerprint():
+    if claimed.fingerprint != fingerprint:
         raise IdempotencyConflictError(
             f"execution {task.execution_id!r} was already submitted with a different request"
         )

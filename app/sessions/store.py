@@ -18,7 +18,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from app.agents import Turn
-from app.connections import guarded, is_cluster
+from app.connections import as_text, guarded, is_cluster
 from app.errors import (
     InvalidKeyError,
     LeaseNotOwnedError,
@@ -107,7 +107,7 @@ class SessionStore:
         keys = session.keys
         run_id = new_run_id(session.tenant, session.session_id)
         token = secrets.token_hex(16)
-        idem_key = keys.idempotency(_digest(new.idempotency_key or ""))
+        idem_key = keys.idempotency(_digest(new.idempotency_key) if new.idempotency_key else "")
         record = {
             "run_id": run_id,
             "tenant": session.tenant,
@@ -139,10 +139,10 @@ class SessionStore:
         if code == SessionCode.QUEUED:
             return Admission(run_id, RunStatus.QUEUED, int(reply[1]))
         if code == SessionCode.DUPLICATE:
-            existing = await self.get_run(session, _text(reply[1]))
+            existing = await self.get_run(session, as_text(reply[1]))
             return Admission(existing.run_id, existing.status, 0, duplicate=True)
         if code == SessionCode.REJECTED:
-            raise SessionBusyError(session.session_id, _text(reply[1]) or None)
+            raise SessionBusyError(session.session_id, as_text(reply[1]) or None)
         if code == SessionCode.QUEUE_FULL:
             raise QueueFullError(session.session_id, self._queue_cap)
         raise RuntimeError(f"unexpected admission code {code!r}")
@@ -234,7 +234,7 @@ class SessionStore:
         )
         found = []
         for member, score in entries:
-            tenant, _, session_id = _text(member).partition("/")
+            tenant, _, session_id = as_text(member).partition("/")
             try:
                 found.append((SessionRef.of(tenant, session_id), score))
             except InvalidKeyError:
@@ -305,11 +305,11 @@ class SessionStore:
             list[tuple[bytes, dict[bytes, bytes]]],
             await guarded(self._redis.xrange(session.keys.events, start, "+", count=count)),
         )
-        return [(_text(i), _decode(fields)) for i, fields in entries]
+        return [(as_text(i), _decode(fields)) for i, fields in entries]
 
     async def last_event_id(self, session: SessionRef) -> str:
         entries = await guarded(self._redis.xrevrange(session.keys.events, count=1))
-        return _text(entries[0][0]) if entries else "0-0"
+        return as_text(entries[0][0]) if entries else "0-0"
 
     async def require(self, session: SessionRef) -> None:
         if not await guarded(self._redis.exists(session.keys.state)):
@@ -328,7 +328,7 @@ class SessionStore:
             raise LeaseNotOwnedError(lease.key)
         lease.valid_until = sent + lease.ttl
         if len(reply) == 3:
-            return _text(reply[1]), _text(reply[2])
+            return as_text(reply[1]), as_text(reply[2])
         return None
 
     async def cancel(self, run_id: str, tenant: str) -> bool:
@@ -345,7 +345,7 @@ class SessionStore:
         if code == SessionCode.NOT_FOUND:
             raise RunNotFoundError(run_id)
         if code == SessionCode.TERMINAL:
-            raise RunTerminalError(run_id, _text(reply[1]))
+            raise RunTerminalError(run_id, as_text(reply[1]))
         return code == SessionCode.CANCELLED
 
     async def stop(self, session: SessionRef) -> list[str]:
@@ -358,7 +358,7 @@ class SessionStore:
         )
         if SessionCode(reply[0]) == SessionCode.NOT_FOUND:
             raise SessionNotFoundError(session.session_id)
-        return [_text(run_id) for run_id in reply[1:]]
+        return [as_text(run_id) for run_id in reply[1:]]
 
     async def reset(self, session: SessionRef) -> tuple[int, list[str]]:
         keys = session.keys
@@ -371,7 +371,7 @@ class SessionStore:
         )  # fmt: skip
         if SessionCode(reply[0]) == SessionCode.NOT_FOUND:
             raise SessionNotFoundError(session.session_id)
-        return int(reply[1]), [_text(run_id) for run_id in reply[2:]]
+        return int(reply[1]), [as_text(run_id) for run_id in reply[2:]]
 
     def locate(self, run_id: str, tenant: str) -> SessionRef:
         run_tenant, session_id = locate_run(run_id)
@@ -408,7 +408,7 @@ class SessionStore:
             session_id=session.session_id,
             busy=bool(busy),
             active_run=active,
-            queued=[_text(q) for q in queued],
+            queued=[as_text(q) for q in queued],
             generation=int(state.get("generation") or 1),
         )
 
@@ -424,7 +424,7 @@ class SessionStore:
             return []
         async with self._redis.pipeline(transaction=False) as pipe:
             for run_id in run_ids:
-                pipe.hgetall(keys.run(_text(run_id)))
+                pipe.hgetall(keys.run(as_text(run_id)))
             records = await guarded(pipe.execute())
         return [Run.from_hash(_decode(r)) for r in records if r]
 
@@ -440,7 +440,7 @@ class SessionStore:
         run_id = await guarded(self._redis.get(session.keys.idempotency(_digest(key))))
         if run_id is None:
             raise RunNotFoundError(key)
-        return await self.get_run(session, _text(run_id))
+        return await self.get_run(session, as_text(run_id))
 
     async def transcript_turns(self, session: SessionRef, generation: int) -> list[Turn]:
         turns = await guarded(self._redis.lrange(session.keys.transcript(generation), 0, -1))
@@ -449,15 +449,11 @@ class SessionStore:
 
 def _run_from_flat(flat: list[Any]) -> Run:
     it = iter(flat)
-    return Run.from_hash({_text(k): _text(v) for k, v in zip(it, it, strict=True)})
+    return Run.from_hash({as_text(k): as_text(v) for k, v in zip(it, it, strict=True)})
 
 
 def _decode(fields: dict[Any, Any]) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in fields.items()}
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return {as_text(k): as_text(v) for k, v in fields.items()}
 
 
 def _now_ms() -> int:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 
 from app.agents import AgentRegistry
-from app.connections import guarded
+from app.connections import as_text, guarded
 from app.errors import LeaseTimeoutError, UnknownSubscriptionError
 from app.keys import RELOAD_CHANNEL, AgentKeys, agent_keys
 from app.locks import Lease, LeaseManager
@@ -133,11 +133,11 @@ class Subscriptions:
             pipe.hgetall(keys.assignment)
             pipe.zrange(keys.failures, 0, -1, withscores=True)
             assignment, failures = await guarded(pipe.execute())
-        fields = {_text(k): _text(v) for k, v in assignment.items()}
+        fields = {as_text(k): as_text(v) for k, v in assignment.items()}
         now_ms = time.time() * 1000
         window = [
             {
-                "subscription_id": _text(sub),
+                "subscription_id": as_text(sub),
                 "failed_at": _iso_ms(score),
                 "expires_at": _iso_ms(score + self._window_ms),
             }
@@ -168,7 +168,7 @@ class Subscriptions:
                 pipe.xrevrange(agent_keys(agent_id).events, count=limit)
             streams = await guarded(pipe.execute())
         entries = [
-            {"id": _text(entry_id)} | {_text(k): _text(v) for k, v in fields.items()}
+            {"id": as_text(entry_id)} | {as_text(k): as_text(v) for k, v in fields.items()}
             for stream in streams
             for entry_id, fields in stream
         ]
@@ -227,8 +227,8 @@ class Subscriptions:
             pipe.hget(keys.assignment, "subscription")
             pipe.zrangebyscore(keys.failures, since, "+inf")
             stored, recent = await guarded(pipe.execute())
-        raw = _text(stored) if stored else ""
-        return raw, _effective(raw, priority), {_text(s) for s in recent}
+        raw = as_text(stored) if stored else ""
+        return raw, _effective(raw, priority), {as_text(s) for s in recent}
 
     def _known(self, agent_id: str, subscription: str) -> tuple[str, ...]:
         priority = self.priority(self._agents.resolve(agent_id))
@@ -247,12 +247,8 @@ class Subscriptions:
 
 
 def _effective(stored: object, priority: tuple[str, ...]) -> str:
-    text = _text(stored) if stored else ""
+    text = as_text(stored) if stored else ""
     return text if text in priority else priority[0]
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _iso_ms(epoch_ms: float) -> str:
