@@ -12,7 +12,7 @@ from types import FrameType
 
 import uvicorn
 
-from app.redis_server import RedisServer
+from app.redis.server import RedisServer
 from app.settings import Settings
 
 

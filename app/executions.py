@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
 
-from app.connections import guarded
 from app.errors import ExecutionNotFoundError
 from app.keys import execution_key
+from app.redis import guarded
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,12 +11,12 @@ from redis.commands.core import AsyncScript
 
 from app.agents import AgentRegistry
 from app.auth import ApiKeys, InternalSecret
-from app.connections import create_redis
 from app.executions import ExecutionStore
 from app.keys import CONTROL_CHANNEL, FINISHED_CHANNEL, RELOAD_CHANNEL, WAKE_CHANNEL
 from app.locks import LeaseManager, LeaseScripts
 from app.metrics import Metrics
-from app.pubsub import PubSubHub
+from app.redis import create_redis
+from app.redis.pubsub import PubSubHub
 from app.sessions.runner import SessionRunner
 from app.sessions.scripts import SessionScripts
 from app.sessions.store import SessionStore

@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.connections import parse_redis_url
 from app.keys import checked_tenant
+from app.redis.urls import parse_redis_url
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 MIN_SECRET_LENGTH = 8
@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
-        """A single server, a Cluster or a Sentinel set (see app/connections.py for the
+        """A single server, a Cluster or a Sentinel set (see app/redis/urls.py for the
         URL forms); the error names what is wrong, never the URL itself."""
         if value is None or value == "":
             return None

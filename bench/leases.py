@@ -38,12 +38,12 @@ from pottery import Redlock
 from redis.asyncio import Redis as AsyncRedis
 from redis.asyncio.lock import Lock as AsyncRedisLock
 
-from app.connections import create_redis
 from app.keys import lease_keys
 from app.locks import Lease, LeaseManager, LeaseScripts
 from app.metrics import Metrics
-from app.pubsub import PubSubHub
-from app.redis_server import RedisServer
+from app.redis import create_redis
+from app.redis.pubsub import PubSubHub
+from app.redis.server import RedisServer
 from app.settings import Settings
 from bench.report import markdown_table, write_section
 

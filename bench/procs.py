@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from app.redis_server import free_port
+from app.redis.server import free_port
 
 LEASEGATE = "app.main:create_app"
 BARE = "bench.bare:create_app"

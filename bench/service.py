@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.redis_server import RedisServer
+from app.redis.server import RedisServer
 from bench import loadgen, procs, service_report
 from bench import profile as profiler
 from bench.loadgen import Latencies, Throughput, WrkJob

@@ -13,11 +13,12 @@ from redis.asyncio import Redis
 
 from app.locks import LeaseManager, LeaseScripts
 from app.metrics import Metrics
-from app.pubsub import PubSubHub
-from app.redis_server import LocalRedisCluster, RedisServer
+from app.redis.pubsub import PubSubHub
+from app.redis.server import RedisServer
 from app.settings import Settings
-from tests.cluster import RedisTarget, cluster_target, single_target
 from tests.servers import Servers, running_servers
+from tests.support.targets import RedisTarget, cluster_target, single_target
+from tests.support.topologies import LocalRedisCluster
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +60,7 @@ class LeaseStack:
     """A LeaseManager with its own client and wakeups, as one worker process would have."""
 
     def __init__(self, url: str, metrics: Metrics, ttl: float, heartbeat: float) -> None:
-        from app.connections import create_redis
+        from app.redis import create_redis
 
         self.redis = create_redis(make_settings(url))
         self.wakeups = PubSubHub(self.redis)
@@ -136,7 +137,7 @@ def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
 @pytest.fixture
 async def target_redis(redis_target: RedisTarget) -> AsyncIterator[Redis]:
     """A client of `redis_target`, emptied for this test (a RedisCluster on a cluster)."""
-    from app.connections import create_redis
+    from app.redis import create_redis
 
     redis_target.flushall()
     client = create_redis(make_settings(redis_target.url))

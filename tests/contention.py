@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
-from app.connections import create_redis
 from app.errors import LeaseTimeoutError
 from app.locks import LeaseManager, LeaseScripts
 from app.metrics import Metrics
-from app.pubsub import PubSubHub
+from app.redis import create_redis
+from app.redis.pubsub import PubSubHub
 from app.settings import Settings
 
 # The broken variant: SET without NX, so every contender is "granted" the lease.

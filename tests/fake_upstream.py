@@ -23,7 +23,7 @@ from typing import Any
 
 import uvicorn
 
-from app.redis_server import free_port
+from app.redis.server import free_port
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]

@@ -29,4 +29,4 @@ async def counting(redis: Redis, channel: str) -> AsyncIterator[list[str]]:
     finally:
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()

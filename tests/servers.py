@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from app.redis_server import free_port
+from app.redis.server import free_port
 from tests.waiting import wait_until_sync
 
 

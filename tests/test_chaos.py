@@ -25,7 +25,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.keys import session_keys
-from app.redis_server import RedisServer, free_port
+from app.redis.server import RedisServer, free_port
 from tests.checks import run_violations
 from tests.servers import base_env, server_process, uvicorn_command
 from tests.waiting import wait_until

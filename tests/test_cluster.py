@@ -18,21 +18,21 @@ import pytest
 import redis as sync_redis
 from redis.asyncio import Redis
 
-from app.connections import create_redis
 from app.keys import RELOAD_CHANNEL, agent_keys, lease_keys, session_keys
 from app.locks import LeaseManager
 from app.main import create_app
 from app.metrics import Metrics
-from app.pubsub import PubSubHub
-from app.redis_server import LocalRedisCluster, LocalRedisSentinel
+from app.redis import create_redis
+from app.redis.pubsub import PubSubHub
 from tests import test_recovery as recovery
 from tests import test_sessions_multiworker as sessions_mw
 from tests import test_subscriptions_multiworker as switch_mw
 from tests.checks import run_violations
-from tests.cluster import node_of_slot, slot_of
 from tests.conftest import LeaseStack, client_for, make_settings
 from tests.observe import counting
 from tests.servers import Servers
+from tests.support.targets import node_of_slot, slot_of
+from tests.support.topologies import LocalRedisCluster, LocalRedisSentinel
 from tests.test_recovery import single_process_servers
 from tests.test_sessions import SLOW, _reset_racing_a_failing_run, post, run_of, wait_status
 from tests.test_subscriptions import EXHAUSTED_A, events, service
@@ -164,7 +164,7 @@ async def test_a_release_in_a_script_reaches_subscribers_on_every_node(
             assert message is not None and message["channel"].decode() == keys.channel
     finally:
         for pubsub in subscribers:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
             await pubsub.connection_pool.aclose()
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.main import create_app
-from app.redis_server import RedisServer
+from app.redis.server import RedisServer
 from tests.conftest import client_for, make_settings
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.redis_server import RedisServer
+from app.redis.server import RedisServer
 from tests.contention import contend, load_holds, violations
 
 PROCESSES = 8

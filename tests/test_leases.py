@@ -19,7 +19,7 @@ from app.errors import (
 from app.keys import lease_keys
 from app.locks import Lease, LeaseManager
 from app.metrics import Metrics
-from app.redis_server import RedisServer
+from app.redis.server import RedisServer
 from tests.conftest import LeaseStack
 from tests.waiting import wait_until
 

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from app.logs import JsonFormatter
 from app.main import create_app
-from app.redis_server import RedisServer, free_port
+from app.redis.server import RedisServer, free_port
 from tests.conftest import client_for, make_settings
 from tests.servers import base_env, leasegate_command, server_process
 

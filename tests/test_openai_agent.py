@@ -13,7 +13,7 @@ from app.agents.base import AgentRequest, Subscription, Turn
 from app.agents.config import AgentConfig
 from app.agents.openai import OpenAIAgent
 from app.errors import AgentFailedError, SubscriptionFailureError
-from app.redis_server import free_port
+from app.redis.server import free_port
 from tests.fake_upstream import FakeUpstream, chunk, running_upstream
 from tests.waiting import wait_until
 

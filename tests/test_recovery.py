@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from app.main import create_app
 from app.metrics import Metrics
-from app.redis_server import RedisServer, free_port
+from app.redis.server import RedisServer, free_port
 from tests.conftest import client_for, make_settings
 from tests.servers import base_env, server_process, uvicorn_command
 from tests.waiting import wait_until

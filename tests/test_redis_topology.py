@@ -17,8 +17,10 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from app.connections import LeasegateCluster, create_redis, guarded, parse_redis_url
 from app.errors import RedisUnavailableError
+from app.redis import create_redis, guarded
+from app.redis.cluster import LeasegateCluster
+from app.redis.urls import parse_redis_url
 from app.settings import Settings
 
 SECRET = "s3cr3t-Pa55"

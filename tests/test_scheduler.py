@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.main import create_app
-from app.redis_server import RedisServer
+from app.redis.server import RedisServer
 from tests.conftest import client_for, make_settings
 from tests.servers import INTERNAL, INTERNAL_SECRET, Servers, client
 from tests.waiting import written_keys

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.redis_server import RedisServer, free_port
+from app.redis.server import RedisServer, free_port
 from tests.servers import base_env, leasegate_command, server_process, uvicorn_command
 from tests.waiting import wait_until_sync
 

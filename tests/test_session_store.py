@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from app.connections import create_redis
 from app.errors import LeaseNotOwnedError
 from app.locks import Lease
-from app.redis_server import RedisServer
+from app.redis import create_redis
+from app.redis.server import RedisServer
 from app.sessions.models import BusyPolicy, NewRun, RunStatus, StartedHold
 from app.sessions.scripts import SessionScripts
 from app.sessions.store import Finished, SessionRef, SessionStore

@@ -14,9 +14,9 @@ from redis.asyncio import Redis
 from app.agents import AgentRegistry, AgentRequest, EchoAgent
 from app.main import create_app
 from app.metrics import Metrics
-from app.redis_server import RedisServer
-from tests.cluster import RedisTarget
+from app.redis.server import RedisServer
 from tests.conftest import client_for, make_settings
+from tests.support.targets import RedisTarget
 from tests.waiting import wait_until, written_keys
 
 SLOW = {"delay_ms": 400}

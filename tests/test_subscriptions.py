@@ -21,17 +21,17 @@ from redis.asyncio import Redis
 from app.agents import AgentRegistry
 from app.agents.config import load_agents_file
 from app.agents.openai import OpenAIAgent
-from app.connections import create_redis
 from app.keys import RELOAD_CHANNEL, agent_keys
 from app.locks import LeaseManager, LeaseScripts
 from app.main import create_app
 from app.metrics import Metrics
-from app.pubsub import PubSubHub
-from tests.cluster import RedisTarget
+from app.redis import create_redis
+from app.redis.pubsub import PubSubHub
 from tests.conftest import client_for, make_settings
 from tests.fake_upstream import FakeUpstream, running_upstream
 from tests.observe import counting
 from tests.servers import INTERNAL, INTERNAL_SECRET, write_agents_file
+from tests.support.targets import RedisTarget
 from tests.waiting import wait_until
 
 EXHAUSTED_A = {"exhausted_subscriptions": ["sub-a"]}

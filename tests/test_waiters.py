@@ -10,7 +10,7 @@ import socket
 from redis.asyncio import Redis
 
 from app.main import create_app
-from app.redis_server import RedisServer
+from app.redis.server import RedisServer
 from tests.conftest import client_for, make_settings
 
 

@@ -24,7 +24,7 @@ from app.locks import scripts
 from app.locks.heartbeat import Heartbeat
 from app.locks.scripts import Code, LeaseScripts
 from app.metrics import Metrics
-from app.pubsub import PubSubHub
+from app.redis.pubsub import PubSubHub
 
 log = logging.getLogger(__name__)
 

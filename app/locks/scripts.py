@@ -15,8 +15,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from app.connections import guarded
 from app.errors import LeaseNotOwnedError
+from app.redis import guarded
 
 
 class Code(IntEnum):

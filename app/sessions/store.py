@@ -18,7 +18,6 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from app.agents import Turn
-from app.connections import as_text, guarded, is_cluster
 from app.errors import (
     InvalidKeyError,
     LeaseNotOwnedError,
@@ -37,6 +36,7 @@ from app.keys import (
     session_keys,
 )
 from app.locks import Lease
+from app.redis import as_text, guarded, is_cluster
 from app.sessions.ids import locate_run, new_run_id
 from app.sessions.models import Admission, NewRun, Run, RunStatus, SessionView, StartedHold
 from app.sessions.scripts import SessionCode, SessionScripts

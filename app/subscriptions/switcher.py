@@ -26,11 +26,11 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 
 from app.agents import AgentRegistry
-from app.connections import as_text, guarded
 from app.errors import LeaseTimeoutError, UnknownSubscriptionError
 from app.keys import RELOAD_CHANNEL, AgentKeys, agent_keys
 from app.locks import Lease, LeaseManager
 from app.metrics import Metrics
+from app.redis import as_text, guarded
 from app.subscriptions.scripts import AssignCode, SubscriptionScripts
 from app.subscriptions.webhook import Webhook
 

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from app.connections import as_text
+from app.redis import as_text
 from app.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class PubSubHub:
         if reader is not None:
             await cancel_and_wait(reader)  # see app/tasks.py; `_closed` stops the loop too
         with contextlib.suppress(RedisError, OSError):
-            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._pubsub.aclose()
 
     @contextlib.asynccontextmanager
     async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import redis as sync_redis
 from redis.crc import key_slot
 
-from app.redis_server import LocalRedisCluster
+from tests.support.topologies import LocalRedisCluster
 
 
 @dataclass(frozen=True)
