@@ -13,7 +13,7 @@
     │   ├── SessionBusyError       busy_policy=reject on a busy session (.active_run_id)
     │   └── QueueFullError         the session's queue is at its cap
     ├── RunNotFoundError           no such run (or not the caller's)
-    ├── RunTerminalError           the run already reached a terminal status (.status)
+    ├── RunTerminalError           the run already reached a terminal status (.run_status)
     ├── IdempotencyConflictError   an idempotency key reused with a different request
     ├── SessionNotFoundError       no such session for this tenant
     ├── ExecutionNotFoundError     no such scheduled execution
@@ -135,10 +135,10 @@ class RunNotFoundError(LeasegateError):
 
 
 class RunTerminalError(LeasegateError):
-    def __init__(self, run_id: str, status: str) -> None:
-        super().__init__(f"run {run_id!r} already ended {status}")
+    def __init__(self, run_id: str, run_status: str) -> None:
+        super().__init__(f"run {run_id!r} already ended {run_status}")
         self.run_id = run_id
-        self.status = status
+        self.run_status = run_status
 
 
 class IdempotencyConflictError(LeasegateError):

@@ -49,10 +49,11 @@ class Problem:
 
 # Most specific first: the first matching class wins.
 PROBLEMS: list[tuple[type[LeasegateError], Problem]] = [
-    (RedisUnavailableError,
-     Problem(503, "redis-unavailable", "Service temporarily unavailable", retry_after=True)),
-    (ServiceClosingError,
-     Problem(503, "shutting-down", "Service shutting down", retry_after=True)),
+    (
+        RedisUnavailableError,
+        Problem(503, "redis-unavailable", "Service temporarily unavailable", retry_after=True),
+    ),
+    (ServiceClosingError, Problem(503, "shutting-down", "Service shutting down", retry_after=True)),
     (InvalidKeyError, Problem(422, "invalid-id", "Invalid identifier")),
     (UnknownAgentError, Problem(422, "unknown-agent", "Unknown agent")),
     (UnknownSubscriptionError, Problem(422, "unknown-subscription", "Unknown subscription")),
@@ -68,12 +69,19 @@ PROBLEMS: list[tuple[type[LeasegateError], Problem]] = [
     (EndpointDisabledError, Problem(404, "http-404", "Not Found")),
     (UnauthenticatedError, Problem(401, "unauthenticated", "Authentication required")),
     (ForbiddenError, Problem(403, "forbidden", "Credentials not accepted")),
-]  # fmt: skip
+]
 
-# Context attributes of an error that are safe to show the caller.
+# The members RFC 9457 defines; `status` is the HTTP status code, so context never uses them.
+STANDARD_MEMBERS = frozenset({"type", "title", "status", "detail", "instance"})
+# Context attributes of an error that are safe to show the caller, as extension members.
 EXPOSED_ATTRIBUTES = (
-    "session_id", "active_run_id", "run_id", "status", "agent_id", "execution_id",
-)  # fmt: skip
+    "session_id",
+    "active_run_id",
+    "run_id",
+    "run_status",
+    "agent_id",
+    "execution_id",
+)
 INTERNAL = Problem(500, "internal", "Internal server error")
 
 
@@ -84,6 +92,9 @@ def problem_response(
     headers: Mapping[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
+    clash = STANDARD_MEMBERS & extra.keys()
+    if clash:
+        raise ValueError(f"extension members {sorted(clash)} would replace RFC 9457 members")
     body = {
         "type": f"/problems/{problem.slug}",
         "title": problem.title,

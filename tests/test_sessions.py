@@ -174,7 +174,8 @@ async def test_cancel_a_queued_run_and_a_finished_one(api: httpx.AsyncClient) ->
     assert (await api.get("/v1/sessions/s")).json()["queued"] == []
     await wait_status(api, active["run_id"], "completed")
     again = await api.post(f"/v1/runs/{queued['run_id']}/cancel")
-    assert again.status_code == 409 and again.json()["status"] == "cancelled"
+    assert again.status_code == 409 and again.json()["status"] == 409
+    assert again.json()["run_status"] == "cancelled"
     assert (await run_of(api, queued["run_id"]))["status"] == "cancelled"
 
 
