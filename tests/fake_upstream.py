@@ -60,6 +60,8 @@ class Reply:
     """Cut the connection after the deltas instead of ending the response."""
     echo_authorization: bool = False
     """Append the Authorization header received to the error message (as careless servers do)."""
+    set_cookie: str | None = None
+    """A `Set-Cookie` header to send with a stream."""
 
     @property
     def streams(self) -> bool:
@@ -81,8 +83,11 @@ class FakeUpstream:
         hold: asyncio.Event | None = None,
         done: bool = True,
         drop: bool = False,
+        set_cookie: str | None = None,
     ) -> FakeUpstream:
-        return self.add(Reply(deltas=tuple(deltas), hold=hold, done=done, drop=drop))
+        return self.add(
+            Reply(deltas=tuple(deltas), hold=hold, done=done, drop=drop, set_cookie=set_cookie)
+        )
 
     def raw_stream(self, text: str) -> FakeUpstream:
         """A 200 event stream whose body is exactly `text`."""
@@ -131,6 +136,8 @@ class FakeUpstream:
 
     async def _send_stream(self, reply: Reply, receive: Receive, send: Send) -> None:
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        if reply.set_cookie is not None:
+            headers.append((b"set-cookie", reply.set_cookie.encode("latin-1")))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         for event in _events(reply):
             await send({"type": "http.response.body", "body": event.encode(), "more_body": True})

@@ -386,19 +386,39 @@ def test_an_agent_needs_a_model() -> None:
 # --- clients ----------------------------------------------------------------------------
 
 
-async def test_streams_again_after_drop_clients(
+def request_on(base_url: str, subscription: str, key: str) -> AgentRequest:
+    return AgentRequest("helper", "hi", subscription=Subscription(subscription, base_url, key))
+
+
+async def test_one_client_serves_every_subscription_each_with_its_own_key(
     upstream: FakeUpstream, make_agent: MakeAgent
 ) -> None:
-    upstream.stream(["first"]).stream(["second"])
+    # Streams read to their end (no [DONE] to stop at early) hand their connection back.
+    upstream.stream(["on a"], done=False).stream(["on b"], done=False)
+    upstream.stream(["on a again"], done=False)
     agent = make_agent()
 
-    assert await collect(agent, request_to(upstream.base_url)) == ["first"]
-    agent.drop_clients()
-    assert await collect(agent, request_to(upstream.base_url)) == ["second"]
-    assert len(upstream.requests) == 2
+    assert await collect(agent, request_on(upstream.base_url, "sub-a", "key-of-a")) == ["on a"]
+    assert await collect(agent, request_on(upstream.base_url, "sub-b", "key-of-b")) == ["on b"]
+    again = await collect(agent, request_on(upstream.base_url, "sub-a", "key-of-a"))
+    assert again == ["on a again"]
+    authorizations = [r.headers["authorization"] for r in upstream.requests]
+    assert authorizations == ["Bearer key-of-a", "Bearer key-of-b", "Bearer key-of-a"]
+    assert len({r.client_port for r in upstream.requests}) == 1  # one pooled connection
 
 
-async def test_drop_clients_does_not_cut_a_stream_in_flight(
+async def test_a_cookie_set_for_one_subscription_is_never_sent_again(
+    upstream: FakeUpstream, make_agent: MakeAgent
+) -> None:
+    upstream.stream(["a"], set_cookie="account=sub-a; Path=/").stream(["b"])
+    agent = make_agent()
+
+    await collect(agent, request_on(upstream.base_url, "sub-a", "key-of-a"))
+    await collect(agent, request_on(upstream.base_url, "sub-b", "key-of-b"))
+    assert [r.headers.get("cookie") for r in upstream.requests] == [None, None]
+
+
+async def test_a_stream_on_one_subscription_goes_on_while_another_is_used(
     upstream: FakeUpstream, make_agent: MakeAgent
 ) -> None:
     release = asyncio.Event()
@@ -407,24 +427,21 @@ async def test_drop_clients_does_not_cut_a_stream_in_flight(
     deltas: list[str] = []
 
     async def consume() -> None:
-        async for delta in agent.stream(request_to(upstream.base_url)):
+        async for delta in agent.stream(request_on(upstream.base_url, "sub-a", "key-of-a")):
             deltas.append(delta)
 
     slow = asyncio.create_task(consume())
     await wait_until(lambda: _true(len(deltas) == 2), 2.0, "the first deltas")
-    agent.drop_clients()
-    assert await collect(agent, request_to(upstream.base_url)) == ["other"]
+    assert await collect(agent, request_on(upstream.base_url, "sub-b", "key-of-b")) == ["other"]
     release.set()
     async with asyncio.timeout(2):
         await slow
     assert deltas == ["slow", " reply"]
-    assert upstream.requests[0].client_port != upstream.requests[1].client_port
+    assert upstream.requests[1].headers["authorization"] == "Bearer key-of-b"
 
 
-async def test_drop_clients_outside_a_loop_leaves_them_to_aclose() -> None:
-    agent = OpenAIAgent(CONFIG)
-    agent.drop_clients()
-    await agent.aclose()
+async def test_an_unused_agent_closes() -> None:
+    await OpenAIAgent(CONFIG).aclose()
 
 
 # --- cancellation -----------------------------------------------------------------------

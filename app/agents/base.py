@@ -44,10 +44,6 @@ class Agent(Protocol):
         """
         ...
 
-    def drop_clients(self) -> None:
-        """Forget cached upstream clients (after a subscription switch)."""
-        ...
-
     async def aclose(self) -> None:
         """Close upstream connections at shutdown."""
         ...

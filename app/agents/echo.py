@@ -34,9 +34,6 @@ class EchoAgent:
         if request.metadata.get("fail") == "error":
             raise AgentFailedError("echo agent failed on request (metadata.fail)")
 
-    def drop_clients(self) -> None:
-        """The echo agent holds no upstream clients."""
-
     async def aclose(self) -> None:
         """Nothing to close."""
 

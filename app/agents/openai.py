@@ -1,16 +1,20 @@
 """The `openai` backend: streams a chat completion from any OpenAI-compatible endpoint.
 
-One HTTP client (connection pool) per subscription, created on first use. A refused
+One HTTP client (connection pool) per agent, shared by all of its subscriptions: the
+subscription's API key is put on each request (its Authorization header) and never on the
+client, and the client keeps no cookies, so a switch of subscription needs no new client
+and nothing of one subscription's account travels with another's requests. A refused
 subscription (429, 401/402/403, or a 4xx whose message speaks of quota or keys) raises
 SubscriptionFailureError; 5xx answers and connection failures are retried with backoff
-while nothing has been streamed yet. The API key travels only in the Authorization header
-and is redacted from every message this module builds.
+while nothing has been streamed yet. The key is redacted from every message this module
+builds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.cookiejar
 import json
 import logging
 import random
@@ -56,14 +60,6 @@ class _Retryable(Exception):
     """A failed attempt that streamed nothing and may succeed if repeated."""
 
 
-@dataclass(eq=False)
-class _Pool:
-    """A subscription's client, and how many streams are using it right now."""
-
-    client: httpx.AsyncClient
-    users: int = 0
-
-
 @dataclass(frozen=True, slots=True)
 class _Target:
     subscription_id: str
@@ -87,15 +83,14 @@ class OpenAIAgent:
         if not config.model:
             raise ValueError(f"openai agent {config.id!r} needs a model")
         self._config = config
-        self._timeout = httpx.Timeout(
+        timeout = httpx.Timeout(
             connect=connect_timeout, read=read_timeout, write=connect_timeout, pool=connect_timeout
         )
         self._max_retries = max_retries
         self._backoff_base = backoff_base
-        self._transport = transport
-        self._pools: dict[str, _Pool] = {}
-        self._retired: set[_Pool] = set()
-        self._closing: set[asyncio.Task[None]] = set()
+        self._client = httpx.AsyncClient(
+            timeout=timeout, transport=transport, cookies=_no_cookies()
+        )
 
     async def stream(self, request: AgentRequest) -> AsyncIterator[str]:
         target = self._target(request.subscription)
@@ -114,31 +109,15 @@ class OpenAIAgent:
             except _Retryable as exc:
                 if attempt >= self._max_retries:
                     raise AgentFailedError(f"upstream unavailable: {exc}") from None
-                log.info("agent %s: attempt %d failed (%s), retrying",
-                         self._config.id, attempt + 1, exc)  # fmt: skip
+                log.info(
+                    "agent %s: attempt %d failed (%s), retrying", self._config.id, attempt + 1, exc
+                )
             await asyncio.sleep(_backoff(self._backoff_base, attempt))
             attempt += 1
 
-    def drop_clients(self) -> None:
-        """Forget every cached client; each is closed in the background once no stream
-        is using it (a switch announced by another run must not cut this one short)."""
-        pools, self._pools = self._pools, {}
-        for pool in pools.values():
-            if pool.users:
-                self._retired.add(pool)
-            else:
-                self._close_later(pool.client)
-
     async def aclose(self) -> None:
-        """Close every client now, streams still using one included."""
-        clients = [pool.client for pool in (*self._pools.values(), *self._retired)]
-        self._pools, self._retired = {}, set()
-        for client in clients:
-            await _close_quietly(client)
-        if self._closing:
-            await asyncio.gather(*self._closing)
-        if self._transport is not None:
-            await self._transport.aclose()
+        """Close the client now, streams still using it included."""
+        await self._client.aclose()
 
     def _target(self, subscription: Subscription | None) -> _Target:
         if subscription is None or not subscription.base_url or not subscription.api_key:
@@ -157,11 +136,10 @@ class OpenAIAgent:
 
     async def _attempt(self, target: _Target, body: dict[str, Any]) -> AsyncGenerator[str, None]:
         """One request. Raises _Retryable only if it failed before streaming anything."""
-        pool = self._checkout(target.subscription_id)
         streamed = False
         headers = {"Authorization": f"Bearer {target.api_key}", "Accept": "text/event-stream"}
         try:
-            async with pool.client.stream("POST", target.url, json=body, headers=headers) as reply:
+            async with self._client.stream("POST", target.url, json=body, headers=headers) as reply:
                 if not reply.is_success:
                     raise await _refusal(reply, target)
                 async with contextlib.aclosing(_deltas(reply, target)) as deltas:
@@ -170,47 +148,12 @@ class OpenAIAgent:
                         yield delta
         except httpx.HTTPError as exc:
             raise _transport_failure(exc, target, streamed=streamed) from None
-        finally:
-            self._checkin(pool)
-
-    def _checkout(self, subscription_id: str) -> _Pool:
-        pool = self._pools.get(subscription_id)
-        if pool is None:
-            client = httpx.AsyncClient(timeout=self._timeout, transport=self._shared_transport())
-            pool = self._pools[subscription_id] = _Pool(client)
-        pool.users += 1
-        return pool
-
-    def _checkin(self, pool: _Pool) -> None:
-        pool.users -= 1
-        if not pool.users and pool in self._retired:
-            self._retired.discard(pool)
-            self._close_later(pool.client)
-
-    def _shared_transport(self) -> httpx.AsyncBaseTransport | None:
-        return None if self._transport is None else _Unclosable(self._transport)
-
-    def _close_later(self, client: httpx.AsyncClient) -> None:
-        try:
-            task = asyncio.get_running_loop().create_task(_close_quietly(client))
-        except RuntimeError:  # no running loop: nothing can be awaited, keep it for aclose
-            self._retired.add(_Pool(client))
-            return
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
 
 
-class _Unclosable(httpx.AsyncBaseTransport):
-    """An injected transport shared by every client; only the agent's aclose closes it."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self._inner = inner
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await self._inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        """Left to the agent."""
+def _no_cookies() -> http.cookiejar.CookieJar:
+    """A cookie jar that keeps nothing: an upstream cookie set for one subscription's account
+    must not be sent with another's requests through the shared client."""
+    return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
 
 
 async def _deltas(reply: httpx.Response, target: _Target) -> AsyncGenerator[str, None]:
@@ -329,8 +272,9 @@ async def _read_capped(reply: httpx.Response) -> bytes:
 
 
 def _transport_failure(exc: httpx.HTTPError, target: _Target, *, streamed: bool) -> Exception:
-    reason = _redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
-                     target.api_key)  # fmt: skip
+    reason = _redact(
+        f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, target.api_key
+    )
     if streamed:
         return AgentFailedError(f"upstream stream broke off after a partial reply: {reason}")
     if isinstance(exc, RETRYABLE):
@@ -354,10 +298,3 @@ def _short(text: str) -> str:
 
 def _redact(text: str, secret: str) -> str:
     return text.replace(secret, REDACTED) if secret else text
-
-
-async def _close_quietly(client: httpx.AsyncClient) -> None:
-    try:
-        await client.aclose()
-    except Exception as exc:  # closing is best effort; the client is forgotten either way
-        log.warning("closing an upstream client failed: %s", type(exc).__name__)

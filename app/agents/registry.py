@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections.abc import Mapping
 
@@ -12,8 +11,6 @@ from app.agents.config import AgentConfig, AgentsConfig, default_config, load_ag
 from app.agents.echo import EchoAgent
 from app.errors import UnknownAgentError
 from app.settings import Settings
-
-log = logging.getLogger(__name__)
 
 DEFAULT_AGENT = "echo"
 
@@ -80,11 +77,8 @@ class AgentRegistry:
         return self.config.subscription(subscription_id)
 
     def on_reload(self, agent_id: str) -> None:
-        """A subscription switch was announced: drop the agent's cached upstream clients."""
-        agent = self._agents.get(agent_id)
-        if agent is not None:
-            log.info("agent %s: subscription changed, dropping cached upstream clients", agent_id)
-            agent.drop_clients()
+        """A no-op, kept until resources stops subscribing. An agent's one upstream client
+        serves every subscription (the key goes on each request), so a switch drops nothing."""
 
     async def aclose(self) -> None:
         for agent in self._agents.values():

@@ -21,8 +21,8 @@ class AssignCode(IntEnum):
 # KEYS[1] switch lease, KEYS[2] fence counter, KEYS[3] assignment hash, KEYS[4] event stream
 # ARGV[1] token, ARGV[2] fence, ARGV[3] expected subscription ('' for the initial one),
 #   ARGV[4] new subscription, ARGV[5] reason, ARGV[6] failure kind ('' for none),
-#   ARGV[7] reload channel, ARGV[8] agent id, ARGV[9] event stream max length,
-#   ARGV[10] the subscription switched from (the expected one, or the initial one's id)
+#   ARGV[7] agent id, ARGV[8] event stream max length,
+#   ARGV[9] the subscription switched from (the expected one, or the initial one's id)
 # Returns {ASSIGNED, switch count, event id} | {STALE_FENCE} | {CHANGED, current}
 ASSIGN = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('GET', KEYS[2]) ~= ARGV[2] then
@@ -33,12 +33,11 @@ if current ~= ARGV[3] then return {2, current} end
 local t = redis.call('TIME')
 local now = t[1] .. string.format('%06d', tonumber(t[2]))
 local count = redis.call('HINCRBY', KEYS[3], 'switch_count', 1)
-redis.call('HSET', KEYS[3], 'subscription', ARGV[4], 'last_from', ARGV[10], 'last_to', ARGV[4],
+redis.call('HSET', KEYS[3], 'subscription', ARGV[4], 'last_from', ARGV[9], 'last_to', ARGV[4],
            'last_at', now, 'last_reason', ARGV[5], 'last_fence', ARGV[2], 'no_viable_for', '')
-local event = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*',
-  'type', 'subscription_switched', 'agent_id', ARGV[8], 'from', ARGV[10], 'to', ARGV[4],
+local event = redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[8], '*',
+  'type', 'subscription_switched', 'agent_id', ARGV[7], 'from', ARGV[9], 'to', ARGV[4],
   'reason', ARGV[5], 'kind', ARGV[6], 'switch_count', count, 'fence', ARGV[2])
-redis.call('PUBLISH', ARGV[7], ARGV[8])
 return {0, count, event}
 """
 

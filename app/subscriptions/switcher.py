@@ -10,8 +10,8 @@ On a refused subscription (rate limit, quota, auth):
    again: a change since step 2 means another worker switched already;
 4. the first subscription in priority order that is neither the failed one nor in the
    window is assigned by a compare-and-set fenced by the lease's fence (an expired holder
-   cannot overwrite a newer assignment), which also writes the one event of the switch and
-   announces the reload; with no candidate, "no viable subscription" is recorded once;
+   cannot overwrite a newer assignment), which also writes the one event of the switch;
+   with no candidate, "no viable subscription" is recorded once;
 5. outside the lease, the webhook (if any) gets one POST.
 """
 
@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 
 from app.agents import AgentRegistry
 from app.errors import LeaseTimeoutError, UnknownSubscriptionError
-from app.keys import RELOAD_CHANNEL, AgentKeys, agent_keys
+from app.keys import AgentKeys, agent_keys
 from app.locks import Lease, LeaseManager
 from app.metrics import Metrics
 from app.redis import as_text, guarded
@@ -207,7 +207,7 @@ class Subscriptions:
         agent_id = keys.lease.resource.removeprefix("a:")
         reply: list[Any] = await guarded(self._scripts.assign(
             keys=[keys.lease.lease, keys.lease.fence, keys.assignment, keys.events],
-            args=[lease.token, lease.fence, raw, new, reason, kind, RELOAD_CHANNEL, agent_id,
+            args=[lease.token, lease.fence, raw, new, reason, kind, agent_id,
                   self._max_events, current],
         ))  # fmt: skip
         return [AssignCode(reply[0]), *reply[1:]]
