@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 import pytest
-from fastapi import FastAPI
 from redis.asyncio import Redis
 
-from app.locks import LeaseManager, LeaseScripts
+from app.locks import LeaseManager
 from app.metrics import Metrics
-from app.redis.pubsub import PubSubHub
+from app.redis import create_redis
 from app.redis.server import RedisServer
 from app.settings import Settings
-from tests.servers import Servers, running_servers
+from tests.support.leases import LeaseStack
+from tests.support.servers import Servers, running_servers
+from tests.support.settings import make_settings as make_settings  # also imported from here
 from tests.support.targets import RedisTarget, cluster_target, single_target
 from tests.support.topologies import LocalRedisCluster
 
@@ -42,10 +41,6 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-def make_settings(url: str, **overrides: object) -> Settings:
-    return Settings(redis_url=url, **overrides)  # type: ignore[arg-type]
-
-
 @pytest.fixture
 def settings(redis_server: RedisServer) -> Settings:
     return make_settings(redis_server.url, lease_ttl_seconds=2.0)
@@ -56,47 +51,12 @@ def metrics() -> Metrics:
     return Metrics()
 
 
-class LeaseStack:
-    """A LeaseManager with its own client and wakeups, as one worker process would have."""
-
-    def __init__(self, url: str, metrics: Metrics, ttl: float, heartbeat: float) -> None:
-        from app.redis import create_redis
-
-        self.redis = create_redis(make_settings(url))
-        self.wakeups = PubSubHub(self.redis)
-        self.manager = LeaseManager(
-            self.redis,
-            LeaseScripts.register(self.redis),
-            self.wakeups,
-            ttl=ttl,
-            heartbeat_interval=heartbeat,
-            metrics=metrics,
-        )
-
-    async def __aenter__(self) -> LeaseManager:
-        self.wakeups.start()
-        return self.manager
-
-    async def __aexit__(self, *_: object) -> None:
-        await self.wakeups.close()
-        await self.redis.aclose()
-
-
 @pytest.fixture
 async def leases(
     redis: Redis, redis_server: RedisServer, metrics: Metrics
 ) -> AsyncIterator[LeaseManager]:
     async with LeaseStack(redis_server.url, metrics, ttl=2.0, heartbeat=0.5) as manager:
         yield manager
-
-
-@asynccontextmanager
-async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """An in-process HTTP client for `app`, with its lifespan run around it."""
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://leasegate") as client:
-            yield client
 
 
 @pytest.fixture(scope="session")
@@ -137,8 +97,6 @@ def redis_target(request: pytest.FixtureRequest) -> RedisTarget:
 @pytest.fixture
 async def target_redis(redis_target: RedisTarget) -> AsyncIterator[Redis]:
     """A client of `redis_target`, emptied for this test (a RedisCluster on a cluster)."""
-    from app.redis import create_redis
-
     redis_target.flushall()
     client = create_redis(make_settings(redis_target.url))
     yield client

@@ -11,11 +11,11 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from app.main import create_app
 from app.redis.server import RedisServer
-from tests.conftest import client_for, make_settings
-from tests.servers import ACME, API_KEYS, GLOBEX, INTERNAL, INTERNAL_SECRET
-from tests.waiting import written_keys
+from tests.support.api import app_client
+from tests.support.servers import ACME, API_KEYS, GLOBEX, INTERNAL, INTERNAL_SECRET
+from tests.support.settings import make_settings
+from tests.support.waiting import written_keys
 
 SECRETS = [*API_KEYS, INTERNAL_SECRET]
 TASK = {"agent_id": "echo", "execution_id": "exec-1", "message": "hi"}
@@ -23,8 +23,9 @@ TASK = {"agent_id": "echo", "execution_id": "exec-1", "message": "hi"}
 
 @pytest.fixture
 async def api(redis: Redis, redis_server: RedisServer) -> AsyncIterator[httpx.AsyncClient]:
-    settings = make_settings(redis_server.url, api_keys=API_KEYS, internal_secret=INTERNAL_SECRET)
-    async with client_for(create_app(settings)) as client:
+    async with app_client(
+        redis_server.url, api_keys=API_KEYS, internal_secret=INTERNAL_SECRET
+    ) as client:
         yield client
 
 
@@ -99,7 +100,7 @@ async def test_internal_endpoints_are_off_without_a_secret(
     redis: Redis, redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING):
-        async with client_for(create_app(make_settings(redis_server.url))) as api:
+        async with app_client(redis_server.url) as api:
             response = await api.post("/internal/execute-task", json=TASK, headers=INTERNAL)
             assert response.status_code == 404
             assert (await api.get("/internal/executions/x")).status_code == 404

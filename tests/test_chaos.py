@@ -26,9 +26,9 @@ from redis.asyncio import Redis
 
 from app.keys import session_keys
 from app.redis.server import RedisServer, free_port
-from tests.checks import run_violations
-from tests.servers import base_env, server_process, uvicorn_command
-from tests.waiting import wait_until
+from tests.support.checks import run_violations
+from tests.support.servers import base_env, server_process, uvicorn_command
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.multiprocess
 

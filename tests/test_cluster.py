@@ -20,23 +20,34 @@ from redis.asyncio import Redis
 
 from app.keys import agent_keys, lease_keys, session_keys
 from app.locks import LeaseManager
-from app.main import create_app
 from app.metrics import Metrics
 from app.redis import create_redis
 from app.redis.pubsub import PubSubHub
-from tests import test_recovery as recovery
-from tests import test_sessions_multiworker as sessions_mw
-from tests import test_subscriptions_multiworker as switch_mw
-from tests.checks import run_violations
-from tests.conftest import LeaseStack, client_for, make_settings
-from tests.servers import Servers
+from tests.support.api import (
+    app_client,
+    events,
+    post,
+    run_of,
+    status_is,
+    wait_all_terminal,
+    wait_status,
+)
+from tests.support.checks import run_violations
+from tests.support.leases import LeaseStack
+from tests.support.scenarios import (
+    EXHAUSTED_A,
+    SLOW,
+    cancel_and_reset_from_another_process,
+    failing_runs_over_workers_switch_exactly_once,
+    new_session,
+    reset_racing_a_failing_run,
+    stop_from_another_process,
+)
+from tests.support.servers import INTERNAL, Servers, agents_settings, single_process_servers
+from tests.support.settings import make_settings
 from tests.support.targets import node_of_slot, slot_of
 from tests.support.topologies import LocalRedisCluster, LocalRedisSentinel
-from tests.test_recovery import single_process_servers
-from tests.test_sessions import SLOW, _reset_racing_a_failing_run, post, run_of, wait_status
-from tests.test_subscriptions import EXHAUSTED_A, events, service
-from tests.test_subscriptions import post as post_for_agent
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.multiprocess
 
@@ -45,8 +56,7 @@ SLOW_50MS = {"delay_ms": 50}
 
 @pytest.fixture
 async def api(clean_cluster: LocalRedisCluster) -> AsyncIterator[httpx.AsyncClient]:
-    settings = make_settings(clean_cluster.url, lease_ttl_seconds=2.0, queue_cap=5)
-    async with client_for(create_app(settings)) as client:
+    async with app_client(clean_cluster.url, lease_ttl_seconds=2.0, queue_cap=5) as client:
         yield client
 
 
@@ -75,9 +85,9 @@ async def test_post_with_wait_completes_and_every_key_stays_in_the_session_slot(
     assert [t["text"] for t in transcript["turns"]] == ["hello", "echo: hello"]
     view = (await api.get("/v1/sessions/chat-1")).json()
     assert view["state"] == "idle" and view["generation"] == 1
-    # Run records and transcripts are built inside the scripts: all in the session's slot.
+    # Run records and transcripts are written by the scripts: all in the session's slot.
     keys = [k.decode() async for k in cluster_client.scan_iter("lg:{s:*")]
-    assert any(":run:" in k for k in keys) and any(":transcript:" in k for k in keys)
+    assert any(k.endswith(":runs") for k in keys) and any(":transcript" in k for k in keys)
     assert {slot_of(k) for k in keys} == {slot_of(session_keys("default", "chat-1").state)}
 
 
@@ -93,15 +103,16 @@ async def test_follow_ups_queue_and_drain_in_order(api: httpx.AsyncClient) -> No
     assert all(r["status"] == "completed" for r in runs)
     starts = [r["started_at"] for r in runs]
     assert starts == sorted(starts)
-    assert len({r["fence"] for r in runs}) == 1  # one holder drained them, renewing its lease
+    assert len({r["worker"] for r in runs}) == 1  # one holder drained them, renewing its lease
+    fences = [r["fence"] for r in runs]
+    assert fences == sorted(set(fences))  # each run under its own, higher fence
 
 
 async def test_stop_cancels_the_active_and_queued_runs_through_pubsub(
     clean_cluster: LocalRedisCluster,
 ) -> None:
     # A 6 s TTL: the holder's heartbeat reads stop requests only every 2 s.
-    settings = make_settings(clean_cluster.url, lease_ttl_seconds=6.0)
-    async with client_for(create_app(settings)) as api:
+    async with app_client(clean_cluster.url, lease_ttl_seconds=6.0) as api:
         active = (await post(api, "s", "a", metadata={"delay_ms": 60_000})).json()
         queued = [(await post(api, "s", f"q{i}")).json()["run_id"] for i in range(2)]
         started = time.monotonic()
@@ -122,17 +133,15 @@ async def test_cancel_a_running_run_and_the_session_goes_on(api: httpx.AsyncClie
 
 async def test_reset_fences_out_the_old_run(clean_cluster: LocalRedisCluster) -> None:
     metrics = Metrics()
-    settings = make_settings(clean_cluster.url, lease_ttl_seconds=2.0)
-    async with client_for(create_app(settings, metrics=metrics)) as api:
-        await _reset_racing_a_failing_run(api, metrics)
+    async with app_client(clean_cluster.url, metrics=metrics, lease_ttl_seconds=2.0) as api:
+        await reset_racing_a_failing_run(api, metrics)
 
 
 async def test_readyz_loads_every_script_on_every_primary(
     clean_cluster: LocalRedisCluster,
 ) -> None:
-    app = create_app(make_settings(clean_cluster.url))
-    async with client_for(app) as client:
-        shas = [script.sha for script in app.state.resources.scripts]
+    async with app_client(clean_cluster.url) as client:
+        shas = [script.sha for script in client.resources.scripts]
         for node in clean_cluster.nodes:
             with direct(node.port) as primary:
                 primary.script_flush()
@@ -212,10 +221,22 @@ async def test_lease_hand_off_between_two_workers(clean_cluster: LocalRedisClust
 async def test_ten_concurrent_failing_runs_switch_exactly_once(
     clean_cluster: LocalRedisCluster, tmp_path: Path
 ) -> None:
-    async with service(clean_cluster.url, tmp_path) as http:
-        runs = await asyncio.gather(
-            *(post_for_agent(http, f"s{i}", "helper", **EXHAUSTED_A) for i in range(10))
+    async with app_client(clean_cluster.url, headers=INTERNAL, **agents_settings(tmp_path)) as http:
+        responses = await asyncio.gather(
+            *(
+                post(
+                    http,
+                    f"s{i}",
+                    "hi",
+                    agent_id="helper",
+                    metadata=EXHAUSTED_A,
+                    wait=10,
+                    expect=200,
+                )
+                for i in range(10)
+            )
         )
+        runs = [r.json() for r in responses]
         assert [(r["status"], r["subscription"]) for r in runs] == [("completed", "sub-b")] * 10
         state = (await http.get("/internal/agents/helper")).json()
         assert state["subscription"] == "sub-b" and state["switch_count"] == 1
@@ -234,24 +255,22 @@ async def test_ten_concurrent_failing_runs_switch_exactly_once(
 
 
 async def test_four_workers_and_a_second_process_share_the_cluster(
-    cluster_servers: Servers, cluster_client: Redis
+    cluster_servers: Servers,
 ) -> None:
     """The multi-worker scenarios of the single-server suites, on the cluster."""
-    session = sessions_mw.new_session()
+    session = new_session()
     await asyncio.gather(
         *(
-            sessions_mw.post(cluster_servers.four_workers, session, f"m{i}", metadata=SLOW_50MS)
+            post(cluster_servers.four_workers, session, f"m{i}", metadata=SLOW_50MS, expect=202)
             for i in range(50)
         )
     )
-    runs = await sessions_mw.wait_all_terminal(cluster_servers.four_workers, session, 50)
+    runs = await wait_all_terminal(cluster_servers.four_workers, session, 50)
     assert {r["status"] for r in runs} == {"completed"}
     assert run_violations(runs) == []  # one at a time, in admission order, fences rising
-    await sessions_mw.test_stop_from_another_process_stops_the_holders_run_promptly(cluster_servers)
-    await sessions_mw.test_cancel_and_reset_from_another_process(cluster_servers)
-    await switch_mw.test_twenty_failing_runs_over_four_workers_switch_exactly_once(
-        cluster_servers, cluster_client
-    )
+    await stop_from_another_process(cluster_servers)
+    await cancel_and_reset_from_another_process(cluster_servers)
+    await failing_runs_over_workers_switch_exactly_once(cluster_servers)
 
 
 async def test_sigterm_hands_the_queued_runs_to_another_process(
@@ -263,16 +282,20 @@ async def test_sigterm_hands_the_queued_runs_to_another_process(
         (leaving, process),
         (staying, _),
     ]:
-        finishing = await recovery.post(leaving, "term", "almost done", delay_ms=800)
-        queued = [(await recovery.post(leaving, "term", f"q{i}"))["run_id"] for i in range(3)]
-        await wait_until(lambda: recovery.status_is(staying, finishing["run_id"], "running"))
+        finishing = (
+            await post(leaving, "term", "almost done", metadata={"delay_ms": 800}, expect=202)
+        ).json()
+        queued = [
+            (await post(leaving, "term", f"q{i}", expect=202)).json()["run_id"] for i in range(3)
+        ]
+        await wait_until(lambda: status_is(staying, finishing["run_id"], "running"))
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) in (0, -signal.SIGTERM)
         left_at = time.monotonic()
         for run_id in queued:
-            await wait_until(functools.partial(recovery.status_is, staying, run_id, "completed"))
+            await wait_until(functools.partial(status_is, staying, run_id, "completed"))
         assert time.monotonic() - left_at < 3  # the lease TTL is 10 s: woken, not expired
-        assert (await recovery.run_of(staying, finishing["run_id"]))["status"] == "completed"
+        assert (await run_of(staying, finishing["run_id"]))["status"] == "completed"
 
 
 # --- a primary that dies -----------------------------------------------------------------
@@ -292,16 +315,15 @@ def _restart(cluster: LocalRedisCluster, port: int) -> None:
 async def test_a_dead_primary_is_503_and_the_service_recovers(
     clean_cluster: LocalRedisCluster,
 ) -> None:
-    settings = make_settings(clean_cluster.url, redis_timeout_seconds=0.5)
     port = node_of_slot(clean_cluster, slot_of(session_keys("default", "s").state))
     node = next(n for n in clean_cluster.nodes if n.port == port)
-    async with client_for(create_app(settings)) as api:
+    async with app_client(clean_cluster.url, redis_timeout_seconds=0.5) as api:
         assert (await post(api, "s", "before", wait=5)).status_code == 200
         node.stop()
         try:
             down = await post(api, "s", "during")
             assert down.status_code == 503, down.text
-            assert down.headers["retry-after"] == str(settings.retry_after_seconds)
+            assert down.headers["retry-after"] == str(api.settings.retry_after_seconds)
             assert (await api.get("/readyz")).status_code == 503
         finally:
             _restart(clean_cluster, port)
@@ -360,8 +382,7 @@ async def test_sentinel_url_serves_sessions_leases_and_signals(
 ) -> None:
     with direct(redis_sentinel.master.port) as master:
         master.flushall()
-    settings = make_settings(redis_sentinel.url, lease_ttl_seconds=2.0)
-    async with client_for(create_app(settings)) as api:
+    async with app_client(redis_sentinel.url, lease_ttl_seconds=2.0) as api:
         assert (await api.get("/readyz")).status_code == 200
         done = (await post(api, "s", "hello", wait=5)).json()
         assert done["status"] == "completed"

@@ -6,7 +6,7 @@ import asyncio
 
 from app.sessions import deltas
 from app.sessions.deltas import DeltaBuffer
-from tests.waiting import wait_until
+from tests.support.waiting import wait_until
 
 
 async def test_deltas_are_batched_in_order_and_the_tail_is_returned() -> None:

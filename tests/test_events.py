@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.servers import ACME, Servers, client
+from tests.support.api import post
+from tests.support.servers import ACME, Servers, client
 
 pytestmark = pytest.mark.multiprocess
 
@@ -53,20 +54,13 @@ async def until(
     raise AssertionError(f"stream ended before {kind}")
 
 
-async def post(url: str, session: str, text: str) -> dict[str, Any]:
-    async with client(url) as http:
-        response = await http.post(f"/v1/sessions/{session}/messages", json={"text": text})
-    body: dict[str, Any] = response.json()
-    return body
-
-
 async def test_any_worker_streams_a_sessions_events_and_resumes_after_an_id(
     servers: Servers,
 ) -> None:
     session = f"sse-{uuid.uuid4().hex[:8]}"
     await post(servers.other_process, session, "create the session")
     async with event_stream(servers.four_workers, session) as events:
-        run = await post(servers.other_process, session, "hello there")
+        run = (await post(servers.other_process, session, "hello there")).json()
         seen = await until(events, "completed", run["run_id"])
     mine = [e for e in seen if e["data"]["run_id"] == run["run_id"]]
     kinds = [e["event"] for e in mine]

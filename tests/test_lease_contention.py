@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.redis.server import RedisServer
-from tests.contention import contend, load_holds, violations
+from tests.support.contention import contend, load_holds, violations
 
 PROCESSES = 8
 KEYS = ["alpha", "beta", "gamma"]

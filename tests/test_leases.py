@@ -20,8 +20,8 @@ from app.keys import lease_keys
 from app.locks import Lease, LeaseManager
 from app.metrics import Metrics
 from app.redis.server import RedisServer
-from tests.conftest import LeaseStack
-from tests.waiting import wait_until
+from tests.support.leases import LeaseStack
+from tests.support.waiting import wait_until
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:

@@ -8,7 +8,6 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -16,10 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from app.logs import JsonFormatter
-from app.main import create_app
 from app.redis.server import RedisServer, free_port
-from tests.conftest import client_for, make_settings
-from tests.servers import base_env, leasegate_command, server_process
+from tests.support.api import app_client, post
+from tests.support.servers import base_env, leasegate_command, server_process
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -46,7 +44,7 @@ def json_lines() -> Iterator[io.StringIO]:
 async def test_metrics_count_admissions_runs_and_leases(
     redis: Redis, redis_server: RedisServer
 ) -> None:
-    async with client_for(create_app(make_settings(redis_server.url))) as api:
+    async with app_client(redis_server.url) as api:
         await api.post("/v1/sessions/s/messages", params={"wait": 5}, json={"text": "a"})
         await api.post("/v1/sessions/s/messages", params={"wait": 5},
                        json={"text": "b", "metadata": {"fail": "error"}})  # fmt: skip
@@ -66,7 +64,7 @@ async def test_metrics_count_admissions_runs_and_leases(
 async def test_logs_are_json_lines_with_request_tenant_session_run_and_fence(
     redis: Redis, redis_server: RedisServer, json_lines: io.StringIO
 ) -> None:
-    async with client_for(create_app(make_settings(redis_server.url))) as api:
+    async with app_client(redis_server.url) as api:
         response = await api.post("/v1/sessions/chat-7/messages", params={"wait": 5},
                                   json={"text": "x", "metadata": {"fail": "error"}},
                                   headers={"X-Request-ID": "req-123"})  # fmt: skip
@@ -95,12 +93,7 @@ async def test_metrics_of_every_worker_appear_in_one_scrape(tmp_path: Path) -> N
     env = base_env(LEASEGATE_DATA_DIR=str(tmp_path / "data"), LEASEGATE_LOG_LEVEL="WARNING")
     command = leasegate_command("serve", "--port", str(port), "--workers", "2")
     with server_process(command, env, tmp_path / "serve.log", url):
-
-        async def post(i: int) -> Any:
-            async with httpx.AsyncClient(base_url=url) as http:  # a connection each
-                return await http.post(f"/v1/sessions/m{i}/messages", json={"text": "x"})
-
-        await asyncio.gather(*(post(i) for i in range(40)))
+        await asyncio.gather(*(post(url, f"m{i}", "x") for i in range(40)))  # a connection each
         workers_seen = set()
         for _ in range(6):
             async with httpx.AsyncClient(base_url=url) as http:

@@ -14,8 +14,8 @@ from app.agents.config import AgentConfig
 from app.agents.openai import OpenAIAgent
 from app.errors import AgentFailedError, SubscriptionFailureError
 from app.redis.server import free_port
-from tests.fake_upstream import FakeUpstream, chunk, running_upstream
-from tests.waiting import wait_until
+from tests.support.upstream import FakeUpstream, chunk, running_upstream
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(10)
 

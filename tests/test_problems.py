@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from app.main import create_app
 from app.problems import EXPOSED_ATTRIBUTES, STANDARD_MEMBERS
 from app.redis.server import RedisServer
-from tests.conftest import client_for, make_settings
+from tests.support.api import app_client, post
 
 
 def test_no_error_context_is_exposed_under_a_standard_member_name() -> None:
@@ -17,8 +16,8 @@ def test_no_error_context_is_exposed_under_a_standard_member_name() -> None:
 async def test_cancelling_a_completed_run_is_409_with_the_run_status_apart(
     redis: Redis, redis_server: RedisServer
 ) -> None:
-    async with client_for(create_app(make_settings(redis_server.url))) as api:
-        done = await api.post("/v1/sessions/s/messages", json={"text": "hi"}, params={"wait": 5})
+    async with app_client(redis_server.url) as api:
+        done = await post(api, "s", "hi", wait=5)
         assert done.json()["status"] == "completed"
         response = await api.post(f"/v1/runs/{done.json()['run_id']}/cancel")
     assert response.status_code == 409

@@ -7,58 +7,16 @@ import functools
 import signal
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 from redis.asyncio import Redis
 
-from app.main import create_app
 from app.metrics import Metrics
-from app.redis.server import RedisServer, free_port
-from tests.conftest import client_for, make_settings
-from tests.servers import base_env, server_process, uvicorn_command
-from tests.waiting import wait_until
-
-
-@contextmanager
-def single_process_servers(
-    redis_url: str, logs: Path, count: int, **env: str
-) -> Iterator[list[tuple[str, Any]]]:
-    """`count` one-process servers (the process is the worker: SIGKILL hits the holder)."""
-    environment = base_env(LEASEGATE_REDIS_URL=redis_url, LEASEGATE_LOG_LEVEL="WARNING", **env)
-    with ExitStack() as stack:
-        started = []
-        for i in range(count):
-            port = free_port()
-            url = f"http://127.0.0.1:{port}"
-            process = stack.enter_context(server_process(
-                uvicorn_command(port, 1), environment, logs / f"server-{i}.log", url
-            ))  # fmt: skip
-            started.append((url, process))
-        yield started
-
-
-async def post(url: str, session: str, text: str, **metadata: Any) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-        response = await http.post(f"/v1/sessions/{session}/messages",
-                                   json={"text": text, "metadata": metadata})  # fmt: skip
-    assert response.status_code == 202, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def run_of(url: str, run_id: str) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-        body: dict[str, Any] = (await http.get(f"/v1/runs/{run_id}")).json()
-    return body
-
-
-async def status_is(url: str, run_id: str, *statuses: str) -> bool:
-    return (await run_of(url, run_id))["status"] in statuses
+from app.redis.server import RedisServer
+from tests.support.api import app_client, post, run_of, status_is
+from tests.support.servers import single_process_servers
+from tests.support.waiting import wait_until
 
 
 @pytest.mark.multiprocess
@@ -71,8 +29,9 @@ async def test_a_killed_holders_sessions_are_taken_over_within_ttl_plus_one_swee
         in_flight, queued = [], []
         for i in range(5):
             session = f"{prefix}-{i}"
-            in_flight.append((await post(victim, session, "long", delay_ms=600_000))["run_id"])
-            queued.append((await post(victim, session, f"next {i}"))["run_id"])
+            long = await post(victim, session, "long", metadata={"delay_ms": 600_000}, expect=202)
+            in_flight.append(long.json()["run_id"])
+            queued.append((await post(victim, session, f"next {i}", expect=202)).json()["run_id"])
         for run_id in in_flight:
             await wait_until(functools.partial(status_is, rescuer, run_id, "running"), what="run")
         process.send_signal(signal.SIGKILL)
@@ -87,7 +46,7 @@ async def test_a_killed_holders_sessions_are_taken_over_within_ttl_plus_one_swee
         for run_id in in_flight:
             run = await run_of(rescuer, run_id)
             assert run["status"] == "lost" and "lease" in run["error"]
-        again = await post(rescuer, f"{prefix}-0", "still works")
+        again = (await post(rescuer, f"{prefix}-0", "still works", expect=202)).json()
         await wait_until(lambda: status_is(rescuer, again["run_id"], "completed"), what="next run")
 
 
@@ -101,8 +60,12 @@ async def test_sigterm_lets_runs_finish_and_hands_queued_runs_over_at_once(
         (staying, _),
     ]:
         session = f"term-{uuid.uuid4().hex[:8]}"
-        finishing = await post(leaving, session, "almost done", delay_ms=1500)
-        queued = [(await post(leaving, session, f"q{i}"))["run_id"] for i in range(3)]
+        finishing = (
+            await post(leaving, session, "almost done", metadata={"delay_ms": 1500}, expect=202)
+        ).json()
+        queued = [
+            (await post(leaving, session, f"q{i}", expect=202)).json()["run_id"] for i in range(3)
+        ]
         await wait_until(lambda: status_is(staying, finishing["run_id"], "running"), what="run")
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM
@@ -126,8 +89,10 @@ async def test_sigterm_interrupts_what_outlives_the_grace_period(
         (staying, _),
     ]:
         session = f"term-{uuid.uuid4().hex[:8]}"
-        long = await post(leaving, session, "long", delay_ms=600_000)
-        after = await post(leaving, session, "after")
+        long = (
+            await post(leaving, session, "long", metadata={"delay_ms": 600_000}, expect=202)
+        ).json()
+        after = (await post(leaving, session, "after", expect=202)).json()
         await wait_until(lambda: status_is(staying, long["run_id"], "running"), what="run")
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM
@@ -140,9 +105,13 @@ async def test_redis_going_away_stops_the_run_before_its_ttl_and_all_resumes(
 ) -> None:
     metrics = Metrics()
     ttl = 1.5
-    settings = make_settings(own_redis_server.url, lease_ttl_seconds=ttl,
-                             redis_timeout_seconds=0.3, sweep_interval_seconds=0.5)  # fmt: skip
-    async with client_for(create_app(settings, metrics=metrics)) as api:
+    async with app_client(
+        own_redis_server.url,
+        metrics=metrics,
+        lease_ttl_seconds=ttl,
+        redis_timeout_seconds=0.3,
+        sweep_interval_seconds=0.5,
+    ) as api:
         slow = {"text": "long", "metadata": {"delay_ms": 600_000}}
         run = (await api.post("/v1/sessions/s/messages", json=slow)).json()
         own_redis_server.stop()
@@ -169,13 +138,14 @@ async def test_redis_going_away_stops_the_run_before_its_ttl_and_all_resumes(
 async def test_the_sweeper_forgets_idle_sessions_and_keeps_busy_ones(
     redis: Redis, redis_server: RedisServer
 ) -> None:
-    settings = make_settings(redis_server.url, lease_ttl_seconds=1.0, sweep_interval_seconds=60)
-    async with client_for(create_app(settings)) as api:
+    async with app_client(
+        redis_server.url, lease_ttl_seconds=1.0, sweep_interval_seconds=60
+    ) as api:
         await api.post("/v1/sessions/idle/messages", params={"wait": 5}, json={"text": "x"})
         await api.post("/v1/sessions/busy/messages",
                        json={"text": "x", "metadata": {"delay_ms": 600_000}})  # fmt: skip
         assert await redis.zcard("lg:sessions:active") == 2
-        sweeper = api._transport.app.state.resources.sweeper  # type: ignore[attr-defined]
+        sweeper = api.resources.sweeper
 
         async def idle_forgotten() -> bool:
             await redis.delete("lg:{sweeper}:lease")  # let this sweep run now

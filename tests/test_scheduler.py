@@ -11,19 +11,17 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from app.main import create_app
 from app.redis.server import RedisServer
-from tests.conftest import client_for, make_settings
-from tests.servers import INTERNAL, INTERNAL_SECRET, Servers, client
-from tests.waiting import written_keys
+from tests.support.api import app_client
+from tests.support.servers import INTERNAL, INTERNAL_SECRET, Servers, client
+from tests.support.waiting import written_keys
 
 
 @pytest.fixture
 async def api(redis: Redis, redis_server: RedisServer) -> AsyncIterator[httpx.AsyncClient]:
-    settings = make_settings(redis_server.url, internal_secret=INTERNAL_SECRET,
-                             lease_ttl_seconds=2.0)  # fmt: skip
-    async with client_for(create_app(settings)) as http:
-        http.headers.update(INTERNAL)
+    async with app_client(
+        redis_server.url, headers=INTERNAL, internal_secret=INTERNAL_SECRET, lease_ttl_seconds=2.0
+    ) as http:
         yield http
 
 
@@ -116,10 +114,9 @@ async def test_a_run_outlives_its_lease_ttl_ten_times(
     redis: Redis, redis_server: RedisServer
 ) -> None:
     ttl = 0.3
-    settings = make_settings(redis_server.url, internal_secret=INTERNAL_SECRET,
-                             lease_ttl_seconds=ttl)  # fmt: skip
-    async with client_for(create_app(settings)) as http:
-        http.headers.update(INTERNAL)
+    async with app_client(
+        redis_server.url, headers=INTERNAL, internal_secret=INTERNAL_SECRET, lease_ttl_seconds=ttl
+    ) as http:
         long = await execute(http, task("long", metadata={"delay_ms": int(ttl * 10 * 1000)}),
                              wait=30)  # fmt: skip
         assert long.status_code == 200 and long.json()["status"] == "completed"

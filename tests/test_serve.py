@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from app.redis.server import RedisServer, free_port
-from tests.servers import base_env, leasegate_command, server_process, uvicorn_command
-from tests.waiting import wait_until_sync
+from tests.support.servers import base_env, leasegate_command, server_process, uvicorn_command
+from tests.support.waiting import wait_until_sync
 
 
 def port_open(port: int) -> bool:

@@ -12,43 +12,18 @@ import pytest
 from redis.asyncio import Redis
 
 from app.agents import AgentRegistry, AgentRequest, EchoAgent
-from app.main import create_app
 from app.metrics import Metrics
 from app.redis.server import RedisServer
-from tests.conftest import client_for, make_settings
+from tests.support.api import app_client, post, run_of, wait_status
+from tests.support.scenarios import SLOW, reset_racing_a_failing_run
 from tests.support.targets import RedisTarget
-from tests.waiting import wait_until, written_keys
-
-SLOW = {"delay_ms": 400}
+from tests.support.waiting import wait_until, written_keys
 
 
 @pytest.fixture
 async def api(target_redis: Redis, redis_target: RedisTarget) -> AsyncIterator[httpx.AsyncClient]:
-    settings = make_settings(redis_target.url, lease_ttl_seconds=2.0, queue_cap=5)
-    async with client_for(create_app(settings)) as client:
+    async with app_client(redis_target.url, lease_ttl_seconds=2.0, queue_cap=5) as client:
         yield client
-
-
-async def post(client: httpx.AsyncClient, session: str, text: str, **body: Any) -> httpx.Response:
-    wait = body.pop("wait", None)
-    params = {"wait": wait} if wait is not None else {}
-    return await client.post(f"/v1/sessions/{session}/messages", json={"text": text, **body},
-                             params=params)  # fmt: skip
-
-
-async def run_of(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
-    response = await client.get(f"/v1/runs/{run_id}")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def wait_status(client: httpx.AsyncClient, run_id: str, *statuses: str) -> dict[str, Any]:
-    async def reached() -> bool:
-        return (await run_of(client, run_id))["status"] in statuses
-
-    await wait_until(reached, 10, f"run {run_id} to reach {statuses}")
-    return await run_of(client, run_id)
 
 
 async def test_post_with_wait_returns_the_finished_run_and_records_the_transcript(
@@ -242,8 +217,7 @@ async def test_interrupted_run_keeps_its_partial_output(
             yield "done"
 
     agents = AgentRegistry({"echo": HalfThenHang()})
-    settings = make_settings(redis_target.url, lease_ttl_seconds=2.0)
-    async with client_for(create_app(settings, agents=agents)) as api:
+    async with app_client(redis_target.url, agents=agents, lease_ttl_seconds=2.0) as api:
         old = (await post(api, "s", "hang")).json()
         await first_delta.wait()
         await asyncio.sleep(0)  # let the holder take the delta it was handed
@@ -265,32 +239,8 @@ async def test_reset_racing_a_failing_run_leaves_no_zombie(
     target_redis: Redis, redis_target: RedisTarget
 ) -> None:
     metrics = Metrics()
-    settings = make_settings(redis_target.url, lease_ttl_seconds=2.0)
-    async with client_for(create_app(settings, metrics=metrics)) as api:
-        await _reset_racing_a_failing_run(api, metrics)
-
-
-async def _reset_racing_a_failing_run(api: httpx.AsyncClient, metrics: Metrics) -> None:
-    await post(api, "s", "old context", wait=5)
-    doomed = (await post(api, "s", "doomed", metadata={"delay_ms": 300, "fail": "error"})).json()
-    reset = (await api.post("/v1/sessions/s/reset")).json()
-    assert reset["generation"] == 2 and reset["cancelled"] == [doomed["run_id"]]
-    fresh = await post(api, "s", "fresh start", busy_policy="reject", wait=5)
-    assert fresh.status_code == 200 and fresh.json()["status"] == "completed"
-
-    # The old holder is told to stop; whatever it does then is refused by the fence.
-    async def refused() -> bool:
-        return (
-            metrics.registry.get_sample_value("leasegate_stale_fence_writes_refused_total") or 0
-        ) >= 1
-
-    await wait_until(refused, what="the old holder's write to be refused")
-    old = await run_of(api, doomed["run_id"])
-    assert old["status"] == "cancelled" and old["error"] == "session reset"
-    transcript = (await api.get("/v1/sessions/s/transcript")).json()
-    assert transcript["generation"] == 2
-    assert [t["text"] for t in transcript["turns"]] == ["fresh start", "echo: fresh start"]
-    assert (await api.get("/v1/sessions/s")).json()["state"] == "idle"
+    async with app_client(redis_target.url, metrics=metrics, lease_ttl_seconds=2.0) as api:
+        await reset_racing_a_failing_run(api, metrics)
 
 
 async def test_follow_ups_are_drained_by_a_loop_with_constant_stack_depth(
@@ -306,10 +256,8 @@ async def test_follow_ups_are_drained_by_a_loop_with_constant_stack_depth(
                 await gate.wait()
             yield "ok"
 
-    settings = make_settings(redis_target.url, lease_ttl_seconds=2.0)
-    async with client_for(
-        create_app(settings, agents=AgentRegistry({"echo": DepthProbe()}))
-    ) as api:
+    agents = AgentRegistry({"echo": DepthProbe()})
+    async with app_client(redis_target.url, agents=agents, lease_ttl_seconds=2.0) as api:
         first = (await post(api, "s", "first")).json()
         follow = [(await post(api, "s", f"f{i}")).json()["run_id"] for i in range(15)]
         gate.set()
@@ -317,7 +265,9 @@ async def test_follow_ups_are_drained_by_a_loop_with_constant_stack_depth(
         runs = [await run_of(api, r) for r in [first["run_id"], *follow]]
     assert len(depths) == 16
     assert len(set(depths)) == 1, depths
-    assert len({r["worker"] for r in runs}) == 1 and len({r["fence"] for r in runs}) == 1
+    assert len({r["worker"] for r in runs}) == 1  # one holder drained them all
+    fences = [r["fence"] for r in runs]  # each run under its own, higher fence
+    assert fences == list(range(fences[0], fences[0] + 16)), fences
 
 
 async def test_runs_are_listed_newest_first_with_pages(api: httpx.AsyncClient) -> None:
@@ -341,13 +291,12 @@ async def test_an_idle_session_holds_no_lease_and_every_key_expires(
 
 
 async def test_redis_down_is_503_and_the_service_recovers(own_redis_server: RedisServer) -> None:
-    settings = make_settings(own_redis_server.url, redis_timeout_seconds=0.5)
-    async with client_for(create_app(settings)) as api:
+    async with app_client(own_redis_server.url, redis_timeout_seconds=0.5) as api:
         assert (await post(api, "s", "before", wait=5)).status_code == 200
         own_redis_server.stop()
         down = await post(api, "s", "during")
         assert down.status_code == 503
-        assert down.headers["retry-after"] == str(settings.retry_after_seconds)
+        assert down.headers["retry-after"] == str(api.settings.retry_after_seconds)
         own_redis_server.start()
         after = await post(api, "s", "after", wait=5)
         assert after.status_code == 200 and after.json()["status"] == "completed"

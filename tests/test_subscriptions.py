@@ -9,7 +9,6 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,55 +22,24 @@ from app.agents.config import load_agents_file
 from app.agents.openai import OpenAIAgent
 from app.keys import agent_keys
 from app.locks import LeaseManager, LeaseScripts
-from app.main import create_app
 from app.metrics import Metrics
 from app.redis import create_redis
 from app.redis.pubsub import PubSubHub
-from tests.conftest import client_for, make_settings
-from tests.fake_upstream import FakeUpstream, running_upstream
-from tests.servers import INTERNAL, INTERNAL_SECRET, write_agents_file
+from tests.support.api import app_client, events, post
+from tests.support.scenarios import EXHAUSTED_A
+from tests.support.servers import INTERNAL, INTERNAL_SECRET, agents_settings
+from tests.support.settings import make_settings
 from tests.support.targets import RedisTarget
-from tests.waiting import wait_until
-
-EXHAUSTED_A = {"exhausted_subscriptions": ["sub-a"]}
-
-
-@asynccontextmanager
-async def service(url: str, tmp_path: Path, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-    settings = make_settings(
-        url, agents_file=write_agents_file(tmp_path), internal_secret=INTERNAL_SECRET, **overrides
-    )
-    async with client_for(create_app(settings)) as http:
-        http.headers.update(INTERNAL)
-        yield http
+from tests.support.upstream import FakeUpstream, running_upstream
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
 async def api(
     target_redis: Redis, redis_target: RedisTarget, tmp_path: Path
 ) -> AsyncIterator[httpx.AsyncClient]:
-    async with service(redis_target.url, tmp_path) as http:
+    async with app_client(redis_target.url, headers=INTERNAL, **agents_settings(tmp_path)) as http:
         yield http
-
-
-async def post(
-    http: httpx.AsyncClient, session: str, agent: str, **metadata: Any
-) -> dict[str, Any]:
-    response = await http.post(
-        f"/v1/sessions/{session}/messages",
-        params={"wait": 10},
-        json={"text": "hi", "agent_id": agent, "metadata": metadata},
-    )
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def events(http: httpx.AsyncClient, agent: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = (
-        await http.get("/internal/events", params={"agent_id": agent})
-    ).json()["events"]
-    return found
 
 
 async def fail(
@@ -89,7 +57,13 @@ async def fail(
 async def test_twenty_concurrent_failures_switch_once_and_every_run_completes_on_b(
     api: httpx.AsyncClient,
 ) -> None:
-    runs = await asyncio.gather(*(post(api, f"s{i}", "helper", **EXHAUSTED_A) for i in range(20)))
+    responses = await asyncio.gather(
+        *(
+            post(api, f"s{i}", "hi", agent_id="helper", metadata=EXHAUSTED_A, wait=10, expect=200)
+            for i in range(20)
+        )
+    )
+    runs = [r.json() for r in responses]
     assert [(r["status"], r["subscription"]) for r in runs] == [("completed", "sub-b")] * 20
     state = (await api.get("/internal/agents/helper")).json()
     assert state["subscription"] == "sub-b" and state["switch_count"] == 1
@@ -121,7 +95,9 @@ async def test_no_viable_subscription_is_recorded_once_per_burst(api: httpx.Asyn
     kinds = [e["type"] for e in await events(api, "helper")]
     assert kinds.count("no_viable_subscription") == 1
     # A run refused on the last subscription fails with the reason, and nothing cascades.
-    run = await post(api, "s", "helper", exhausted_subscriptions=["sub-a", "sub-b"])
+    exhausted = {"exhausted_subscriptions": ["sub-a", "sub-b"]}
+    refused = await post(api, "s", "hi", agent_id="helper", metadata=exhausted, wait=10, expect=200)
+    run = refused.json()
     assert run["status"] == "failed" and "no viable subscription" in run["error"]
 
 
@@ -187,7 +163,12 @@ async def test_a_switch_holder_killed_mid_switch_leaves_nothing_half_written(
         os.kill(holder.pid, signal.SIGKILL)  # dies holding the lease, renewals stop
         holder.join(10)
         assert await target_redis.hgetall(agent_keys("helper").assignment) == before
-        async with service(redis_target.url, tmp_path, switch_wait_timeout_seconds=5) as api:
+        async with app_client(
+            redis_target.url,
+            headers=INTERNAL,
+            switch_wait_timeout_seconds=5,
+            **agents_settings(tmp_path),
+        ) as api:
             started = time.monotonic()
             result = await fail(api, "helper", "sub-a")
             assert result["switched"] and result["to"] == "sub-b"
@@ -232,8 +213,23 @@ async def test_each_switch_posts_the_webhook_once(
 
     async with running_upstream(receiver) as base_url:
         hook_url = base_url.removesuffix("/v1") + "/hook"
-        async with service(redis_target.url, tmp_path, webhook_url=hook_url) as api:
-            await asyncio.gather(*(post(api, f"s{i}", "helper", **EXHAUSTED_A) for i in range(10)))
+        async with app_client(
+            redis_target.url, headers=INTERNAL, webhook_url=hook_url, **agents_settings(tmp_path)
+        ) as api:
+            await asyncio.gather(
+                *(
+                    post(
+                        api,
+                        f"s{i}",
+                        "hi",
+                        agent_id="helper",
+                        metadata=EXHAUSTED_A,
+                        wait=10,
+                        expect=200,
+                    )
+                    for i in range(10)
+                )
+            )
             await wait_until(lambda: _at_least(received, 1), what="the webhook")
             await fail(api, "helper", "sub-a")  # stale now: no second POST
     assert len(received) == 1
@@ -321,9 +317,10 @@ async def test_an_openai_agent_switches_and_retries_on_the_new_key(
         agents = AgentRegistry(
             {"llm": OpenAIAgent(config.agents["llm"], backoff_base=0.01)}, config=config
         )
-        settings = make_settings(redis_target.url, internal_secret=INTERNAL_SECRET)
-        async with client_for(create_app(settings, agents=agents)) as api:
-            run = await post(api, "s", "llm")
+        async with app_client(
+            redis_target.url, agents=agents, internal_secret=INTERNAL_SECRET
+        ) as api:
+            run = (await post(api, "s", "hi", agent_id="llm", wait=10, expect=200)).json()
             api.headers.update(INTERNAL)
             state = (await api.get("/internal/agents/llm")).json()
     assert run["status"] == "completed" and run["output"] == "all good"

@@ -9,22 +9,19 @@ import socket
 
 from redis.asyncio import Redis
 
-from app.main import create_app
 from app.redis.server import RedisServer
-from tests.conftest import client_for, make_settings
+from tests.support.api import app_client, post
 
 
 async def test_a_thousand_waiters_do_not_open_a_thousand_connections(
     redis: Redis, redis_server: RedisServer
 ) -> None:
-    settings = make_settings(redis_server.url, log_level="WARNING")
     own_name = f"leasegate:{socket.gethostname()}:{os.getpid()}"  # this worker's connections
     peak = 0
-    async with client_for(create_app(settings)) as api:
+    async with app_client(redis_server.url, log_level="WARNING") as api:
 
         async def wait_for_run(i: int) -> int:
-            body = {"text": "x", "metadata": {"delay_ms": 1500}}
-            response = await api.post(f"/v1/sessions/w{i}/messages", params={"wait": 30}, json=body)
+            response = await post(api, f"w{i}", "x", metadata={"delay_ms": 1500}, wait=30)
             return response.status_code
 
         waiters = [asyncio.create_task(wait_for_run(i)) for i in range(1000)]
@@ -35,4 +32,4 @@ async def test_a_thousand_waiters_do_not_open_a_thousand_connections(
         statuses = [w.result() for w in waiters]
     print(f"peak Redis connections with 1,000 waiters: {peak}")
     assert statuses == [200] * 1000, collections.Counter(statuses)
-    assert 0 < peak <= settings.redis_max_connections + 1  # the pool, and the pub/sub one
+    assert 0 < peak <= api.settings.redis_max_connections + 1  # the pool, and the pub/sub one

@@ -8,14 +8,15 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from app.redis.server import free_port
-from tests.waiting import wait_until_sync
+from tests.support.waiting import wait_until_sync
 
 
 def base_env(**overrides: str) -> dict[str, str]:
@@ -120,6 +121,12 @@ def write_agents_file(folder: Path) -> Path:
     return path
 
 
+def agents_settings(folder: Path) -> dict[str, Any]:
+    """Settings of an in-process app with the suite's agents (file in `folder`) and internal
+    secret: `app_client(url, headers=INTERNAL, **agents_settings(tmp_path))`."""
+    return {"agents_file": write_agents_file(folder), "internal_secret": INTERNAL_SECRET}
+
+
 @contextmanager
 def running_servers(redis_url: str, logs: Path) -> Iterator[Servers]:
     env = base_env(
@@ -138,3 +145,21 @@ def running_servers(redis_url: str, logs: Path) -> Iterator[Servers]:
         server_process(uvicorn_command(port_b, 1), env, logs / "b.log", url_b),
     ):
         yield Servers(url_a, url_b, logs)
+
+
+@contextmanager
+def single_process_servers(
+    redis_url: str, logs: Path, count: int, **env: str
+) -> Iterator[list[tuple[str, Any]]]:
+    """`count` one-process servers (the process is the worker: SIGKILL hits the holder)."""
+    environment = base_env(LEASEGATE_REDIS_URL=redis_url, LEASEGATE_LOG_LEVEL="WARNING", **env)
+    with ExitStack() as stack:
+        started = []
+        for i in range(count):
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            process = stack.enter_context(
+                server_process(uvicorn_command(port, 1), environment, logs / f"server-{i}.log", url)
+            )
+            started.append((url, process))
+        yield started
