@@ -109,15 +109,16 @@ async def test_follow_ups_queue_and_drain_in_order(api: httpx.AsyncClient) -> No
 async def test_stop_cancels_the_active_and_queued_runs_through_pubsub(
     clean_cluster: LocalRedisCluster,
 ) -> None:
-    # A 6 s TTL: the holder's heartbeat reads stop requests only every 2 s.
-    async with app_client(clean_cluster.url, lease_ttl_seconds=6.0) as api:
+    # A 30 s TTL: the holder's renewal would read the stop request only after 10 s.
+    async with app_client(clean_cluster.url, lease_ttl_seconds=30.0) as api:
         active = (await post(api, "s", "a", metadata={"delay_ms": 60_000})).json()
         queued = [(await post(api, "s", f"q{i}")).json()["run_id"] for i in range(2)]
         started = time.monotonic()
         stopped = (await api.post("/v1/sessions/s/stop")).json()
         assert sorted(stopped["cancelled"]) == sorted([*queued, active["run_id"]])
         await wait_status(api, active["run_id"], "cancelled")
-        assert time.monotonic() - started < 1.5  # told through the control channel
+        # Behaviour, not speed: told through the control channel, not at the next renewal.
+        assert time.monotonic() - started < 5
         assert (await post(api, "s", "after", wait=5)).json()["status"] == "completed"
 
 

@@ -97,7 +97,7 @@ async def test_heartbeat_keeps_the_lease_for_five_ttls(
     assert await redis.exists(lease.keys.lease) == 0  # released at the end
 
 
-async def test_lost_lease_cancels_the_guarded_work_within_one_heartbeat(
+async def test_lost_lease_cancels_the_guarded_work_when_a_renewal_notices(
     redis: Redis, redis_server: RedisServer, metrics: Metrics, caplog: pytest.LogCaptureFixture
 ) -> None:
     heartbeat = 0.1
@@ -111,7 +111,9 @@ async def test_lost_lease_cancels_the_guarded_work_within_one_heartbeat(
                 work_finished = True
         stopped_after = time.monotonic() - deleted_at
     assert not work_finished
-    assert stopped_after < heartbeat + 0.1
+    # Behaviour, not speed: a renewal (every 0.1 s) noticed the loss and cancelled the work;
+    # ten heartbeats leave room for a loaded machine and are still far from the 5 s TTL.
+    assert stopped_after < 10 * heartbeat
     assert lost.value.fence == lease.fence
     assert sample(metrics, "leasegate_lease_losses_total", reason="taken") == 1
     assert any(
@@ -162,13 +164,11 @@ async def test_hold_refuses_a_held_lease(leases: LeaseManager) -> None:
                 pass
 
 
-async def test_blocking_acquire_wakes_promptly_on_release(
-    leases: LeaseManager, redis: Redis
-) -> None:
-    """A 100 ms poller would hand over after 50 ms on average; a notified waiter in ~1 ms."""
+async def hand_offs(leases: LeaseManager, redis: Redis, count: int = 15) -> list[float]:
+    """Seconds from each release to the blocked waiter's acquire."""
     handoffs = []
     channel = lease_keys("job").channel
-    for _ in range(15):
+    for _ in range(count):
         holder = await leases.acquire("job", ttl=30)  # long TTL: only a release can wake
         assert holder is not None
         waiter = asyncio.create_task(leases.wait_acquire("job", timeout=10))
@@ -179,8 +179,28 @@ async def test_blocking_acquire_wakes_promptly_on_release(
         handoffs.append(time.monotonic() - released_at)
         assert successor.fence == holder.fence + 1
         await leases.release(successor)
-    assert statistics.median(handoffs) < 0.015, handoffs
-    assert max(handoffs) < 0.1, handoffs
+    return handoffs
+
+
+async def test_blocking_acquire_is_woken_by_the_release(leases: LeaseManager, redis: Redis) -> None:
+    handoffs = await hand_offs(leases, redis)
+    # Behaviour, not speed: a waiter the release did not wake would sleep until the holder's
+    # 30 s TTL ran out, and give up at its 10 s timeout first.
+    assert max(handoffs) < 2, handoffs
+
+
+@pytest.mark.timing
+async def test_blocking_acquire_hands_over_within_milliseconds(
+    leases: LeaseManager, redis: Redis
+) -> None:
+    """A 100 ms poller would hand over after 50 ms on average; a notified waiter in about
+    1 ms (docs/benchmarks.md: p50 1.2 ms, p99 2.5 ms). The bounds are 20 and 100 times that,
+    and the median one still tells a notified waiter from a poller."""
+    handoffs = await hand_offs(leases, redis)
+    median = statistics.median(handoffs)
+    print(f"hand-off median {median * 1000:.1f} ms, max {max(handoffs) * 1000:.1f} ms")
+    assert median < 0.025, handoffs
+    assert max(handoffs) < 0.25, handoffs
 
 
 async def test_blocking_acquire_retries_when_the_holder_expires(leases: LeaseManager) -> None:
@@ -188,7 +208,9 @@ async def test_blocking_acquire_retries_when_the_holder_expires(leases: LeaseMan
     assert holder is not None
     started = time.monotonic()
     successor = await leases.wait_acquire("job", timeout=10)
-    assert time.monotonic() - started < 1.0
+    # Behaviour, not speed: the waiter slept for the holder's remaining TTL (0.3 s) and then
+    # tried again, instead of sleeping on until its 10 s timeout.
+    assert time.monotonic() - started < 3
     assert successor.fence > holder.fence
 
 

@@ -42,6 +42,8 @@ async def test_a_killed_holders_sessions_are_taken_over_within_ttl_plus_one_swee
                              "the queued run to be drained by another worker")  # fmt: skip
         recovered_after = time.monotonic() - killed_at
         print(f"recovered {len(queued)} sessions {recovered_after:.1f} s after SIGKILL")
+        # The documented bound, not a speed: the lease expires (10 s TTL) and the next sweep
+        # (every 5 s) takes the session over; 1 s for the drain itself.
         assert recovered_after <= 15 + 1
         for run_id in in_flight:
             run = await run_of(rescuer, run_id)

@@ -56,7 +56,7 @@ async def test_messages_in_a_tight_loop_while_the_holder_finishes_are_never_stra
     assert state["state"] == "idle" and state["queued"] == []
 
 
-async def test_stop_from_another_process_stops_the_holders_run_promptly(servers: Servers) -> None:
+async def test_stop_from_another_process_stops_the_holders_run(servers: Servers) -> None:
     await stop_from_another_process(servers)
 
 

