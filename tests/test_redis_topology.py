@@ -1,12 +1,19 @@
 """LEASEGATE_REDIS_URL names a single server, a Redis Cluster or a Sentinel set: parsing,
-clear errors that never show the URL, and the client each one gets (no server needed)."""
+clear errors that never show the URL, the client each one gets, and the redis-py internals
+the cluster client relies on (no server needed)."""
 
 from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import (
     ClusterDownError,
@@ -136,3 +143,65 @@ async def test_an_unreachable_cluster_is_redis_unavailable(exc: BaseException) -
 async def test_a_refused_command_is_not_hidden_as_unavailable(exc: BaseException) -> None:
     with pytest.raises(type(exc)):
         await guarded(_raise(exc))
+
+
+# --- redis-py internals app/redis/cluster.py relies on ------------------------------------
+# They are not public API: a redis-py release may rename or reshape them without notice
+# (pyproject.toml caps redis below the next major version). Each check names the internal.
+
+
+def _params(function: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    return dict(inspect.signature(function).parameters)
+
+
+def _defaults_only(function: Callable[..., Any]) -> bool:
+    """Callable with no argument but self."""
+    rest = list(_params(function).values())[1:]
+    return all(
+        p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in rest
+    )
+
+
+def _takes_anything(function: Callable[..., Any]) -> bool:
+    kinds = {p.kind for p in _params(function).values()}
+    return {inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD} <= kinds
+
+
+async def test_the_redis_py_internals_the_cluster_client_relies_on_are_unchanged() -> None:
+    fresh = RedisCluster(host="127.0.0.1", port=1, reinitialize_steps=0)  # connects lazily
+    try:
+        checks = {
+            # LeasegateCluster.execute_command loads the slots first while this is set.
+            "RedisCluster._initialize (a bool, true until the slots are loaded)": (
+                getattr(fresh, "_initialize", None) is True
+            ),
+            "RedisCluster.initialize() (a coroutine method callable without arguments)": (
+                inspect.iscoroutinefunction(RedisCluster.initialize)
+                and _defaults_only(RedisCluster.initialize)
+            ),
+            "RedisCluster.execute_command(*args, **kwargs) (overridden, a coroutine)": (
+                inspect.iscoroutinefunction(RedisCluster.execute_command)
+                and _takes_anything(RedisCluster.execute_command)
+            ),
+            "RedisCluster(reinitialize_steps=...) (0: a MOVED reply re-points one slot)": (
+                "reinitialize_steps" in _params(RedisCluster.__init__)
+                and getattr(fresh, "reinitialize_steps", None) == 0
+            ),
+            "RedisCluster.encoder (handed to the plain PubSub)": hasattr(fresh, "encoder"),
+            "RedisCluster.pubsub (overridden)": callable(getattr(RedisCluster, "pubsub", None)),
+            "PubSub(connection_pool, encoder=...)": (
+                {"connection_pool", "encoder"} <= _params(PubSub.__init__).keys()
+            ),
+            # AnyNodeConnection._connect sets host and port, then calls this, at each connect.
+            "Connection._connect(self) (overridden, a coroutine taking no argument)": (
+                inspect.iscoroutinefunction(getattr(Connection, "_connect", None))
+                and list(_params(Connection._connect)) == ["self"]
+            ),
+            "Connection.host and Connection.port (the address _connect opens)": (
+                (Connection(host="h", port=1).host, Connection(host="h", port=1).port) == ("h", 1)
+            ),
+        }
+    finally:
+        await fresh.aclose()
+    changed = [name for name, unchanged in checks.items() if not unchanged]
+    assert not changed, f"redis-py changed internals app/redis/cluster.py relies on: {changed}"

@@ -33,6 +33,10 @@ class LeasegateCluster(RedisCluster):
     `pubsub()` gives a plain PubSub whose connection goes to whichever node answers, tried
     in random order (the nodes the client knows now, else the URL's seeds) each time it
     (re)connects: a dead node is left for a live one, and workers spread over the nodes.
+
+    It leans on redis-py internals (`RedisCluster._initialize`, `Connection._connect`, the
+    `reinitialize_steps` option, `PubSub(..., encoder=)`), which
+    tests/test_redis_topology.py checks, and pyproject.toml caps redis below version 9.
     """
 
     def __init__(self, *args: Any, pubsub_kwargs: dict[str, Any], seeds: list[tuple[str, int]],
