@@ -69,7 +69,7 @@ def configure(level: str, fmt: str = "json") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s"
-        ))  # fmt: skip
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s [pid %(process)d] %(message)s")
+        )
     root.setLevel(level.upper())

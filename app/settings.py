@@ -92,8 +92,9 @@ class Settings(BaseSettings):
         if value is None or value.get_secret_value() == "":
             return None
         if len(value.get_secret_value()) < MIN_SECRET_LENGTH:
-            raise ValueError(f"LEASEGATE_INTERNAL_SECRET must be at least {MIN_SECRET_LENGTH} "
-                             "characters")  # fmt: skip
+            raise ValueError(
+                f"LEASEGATE_INTERNAL_SECRET must be at least {MIN_SECRET_LENGTH} characters"
+            )
         return value
 
     @field_validator("api_keys")
@@ -101,8 +102,10 @@ class Settings(BaseSettings):
     def _check_api_keys(cls, value: dict[str, str]) -> dict[str, str]:
         for key, tenant in value.items():
             if len(key) < MIN_SECRET_LENGTH:
-                raise ValueError(f"LEASEGATE_API_KEYS: every key must be at least "
-                                 f"{MIN_SECRET_LENGTH} characters (tenant {tenant!r})")  # fmt: skip
+                raise ValueError(
+                    f"LEASEGATE_API_KEYS: every key must be at least "
+                    f"{MIN_SECRET_LENGTH} characters (tenant {tenant!r})"
+                )
             checked_tenant(tenant)  # an InvalidKeyError is a ValueError: a clear message
         return value
 

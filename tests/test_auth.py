@@ -110,8 +110,14 @@ async def test_internal_endpoints_are_off_without_a_secret(
 
 
 async def test_tenants_never_see_each_others_sessions_or_runs(api: httpx.AsyncClient) -> None:
-    mine = (await api.post("/v1/sessions/shared/messages", params={"wait": 5},
-                           json={"text": "acme's"}, headers=ACME)).json()  # fmt: skip
+    mine = (
+        await api.post(
+            "/v1/sessions/shared/messages",
+            params={"wait": 5},
+            json={"text": "acme's"},
+            headers=ACME,
+        )
+    ).json()
     run_id = mine["run_id"]
     theirs: list[tuple[str, str, dict[str, Any] | None]] = [
         ("GET", "/v1/sessions/shared", None),
@@ -127,8 +133,14 @@ async def test_tenants_never_see_each_others_sessions_or_runs(api: httpx.AsyncCl
         assert response.status_code == 404, (method, path, response.text)
         assert "acme" not in response.text
     # The same session id is a different session for globex.
-    other = (await api.post("/v1/sessions/shared/messages", params={"wait": 5},
-                            json={"text": "globex's"}, headers=GLOBEX)).json()  # fmt: skip
+    other = (
+        await api.post(
+            "/v1/sessions/shared/messages",
+            params={"wait": 5},
+            json={"text": "globex's"},
+            headers=GLOBEX,
+        )
+    ).json()
     assert other["run_id"] != run_id and other["fence"] == 1
     acme_turns = (await api.get("/v1/sessions/shared/transcript", headers=ACME)).json()["turns"]
     assert [t["text"] for t in acme_turns] == ["acme's", "echo: acme's"]
@@ -143,8 +155,9 @@ async def test_unknown_sessions_are_404(api: httpx.AsyncClient) -> None:
 
 
 def test_settings_never_show_secrets() -> None:
-    settings = make_settings("redis://:hunter22@localhost:6379/0", api_keys=API_KEYS,
-                             internal_secret=INTERNAL_SECRET)  # fmt: skip
+    settings = make_settings(
+        "redis://:hunter22@localhost:6379/0", api_keys=API_KEYS, internal_secret=INTERNAL_SECRET
+    )
     shown = repr(settings) + str(settings)
     assert no_secret_in(shown) and "hunter22" not in shown
     assert json.dumps(API_KEYS) not in shown

@@ -39,8 +39,9 @@ TERMINAL = {"completed", "failed", "cancelled", "interrupted", "timed_out", "los
 
 
 def worker_pids(supervisor: subprocess.Popen[bytes]) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", str(supervisor.pid), "-f", "spawn"],
-                           capture_output=True, text=True)  # fmt: skip
+    found = subprocess.run(
+        ["pgrep", "-P", str(supervisor.pid), "-f", "spawn"], capture_output=True, text=True
+    )
     return [int(pid) for pid in found.stdout.split()]
 
 
@@ -83,9 +84,10 @@ class Load:
                 metadata: dict[str, Any] = {"delay_ms": rng.choice([0, 5, 20, 50])}
                 if rng.random() < 0.05:
                     metadata["fail"] = "error"
-                response = await http.post(f"/v1/sessions/{session}/messages",
-                                           json={"text": "m", "busy_policy": policy,
-                                                 "metadata": metadata})  # fmt: skip
+                response = await http.post(
+                    f"/v1/sessions/{session}/messages",
+                    json={"text": "m", "busy_policy": policy, "metadata": metadata},
+                )
                 if response.status_code in (200, 202):
                     self.admitted[response.json()["run_id"]] = session
             elif roll < 0.93:
@@ -145,8 +147,10 @@ async def test_chaos(tmp_path: Path) -> None:
                 await client.aclose()
     finally:
         redis_server.stop()
-    print(f"\nchaos: {ACTIONS} requests, {len(load.admitted)} runs admitted, {kills} workers "
-          f"SIGKILLed, Redis restarted once, in {time.monotonic() - started:.0f} s")  # fmt: skip
+    print(
+        f"\nchaos: {ACTIONS} requests, {len(load.admitted)} runs admitted, {kills} workers "
+        f"SIGKILLed, Redis restarted once, in {time.monotonic() - started:.0f} s"
+    )
     print(f"chaos: responses {dict(load.outcomes)}")
     print(f"chaos: terminal statuses {dict(report)}")
     assert report["completed"] > 0 and sum(report.values()) >= len(load.admitted)
@@ -167,8 +171,9 @@ class Settled:
         runs: list[dict[str, Any]] = []
         offset: int | None = 0
         while offset is not None:
-            response = await self.http.get(f"/v1/sessions/{session}/runs",
-                                           params={"limit": 100, "offset": offset})  # fmt: skip
+            response = await self.http.get(
+                f"/v1/sessions/{session}/runs", params={"limit": 100, "offset": offset}
+            )
             if response.status_code == 404:
                 return []
             runs += response.json()["runs"]
@@ -207,8 +212,9 @@ class Settled:
 async def _settle_and_check(url: str, load: Load, redis: Redis) -> collections.Counter[str]:
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         settled = Settled(http, redis)
-        await wait_until(lambda: settled.all_terminal(load.sessions), 90,
-                         "every run to reach a terminal status")  # fmt: skip
+        await wait_until(
+            lambda: settled.all_terminal(load.sessions), 90, "every run to reach a terminal status"
+        )
         statuses: collections.Counter[str] = collections.Counter()
         known: set[str] = set()
         for session in load.sessions:

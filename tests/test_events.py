@@ -21,8 +21,12 @@ pytestmark = pytest.mark.multiprocess
 async def event_stream(
     url: str, session: str, headers: dict[str, str] | None = None
 ) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
-    async with client(url) as http, http.stream("GET", f"/v1/sessions/{session}/events",
-                           headers=headers or {}, timeout=30) as response:  # fmt: skip
+    async with (
+        client(url) as http,
+        http.stream(
+            "GET", f"/v1/sessions/{session}/events", headers=headers or {}, timeout=30
+        ) as response,
+    ):
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
 

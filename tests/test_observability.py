@@ -47,8 +47,11 @@ async def test_metrics_count_admissions_runs_and_leases(
 ) -> None:
     async with app_client(redis_server.url) as api:
         await api.post("/v1/sessions/s/messages", params={"wait": 5}, json={"text": "a"})
-        await api.post("/v1/sessions/s/messages", params={"wait": 5},
-                       json={"text": "b", "metadata": {"fail": "error"}})  # fmt: skip
+        await api.post(
+            "/v1/sessions/s/messages",
+            params={"wait": 5},
+            json={"text": "b", "metadata": {"fail": "error"}},
+        )
         response = await api.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain")
     found = samples(response.text)
@@ -57,8 +60,11 @@ async def test_metrics_count_admissions_runs_and_leases(
     assert found[("leasegate_runs_finished_total", (("status", "failed"),))] == 1
     assert found[("leasegate_run_duration_seconds_count", (("status", "completed"),))] == 1
     assert found[("leasegate_queue_depth_count", ())] == 2
-    for name in ["leasegate_stale_fence_writes_refused_total", "leasegate_sweeper_recoveries_total",
-                 "leasegate_redis_errors_total"]:  # fmt: skip
+    for name in [
+        "leasegate_stale_fence_writes_refused_total",
+        "leasegate_sweeper_recoveries_total",
+        "leasegate_redis_errors_total",
+    ]:
         assert (name, ()) in found
 
 
@@ -66,13 +72,18 @@ async def test_logs_are_json_lines_with_request_tenant_session_run_and_fence(
     redis: Redis, redis_server: RedisServer, json_lines: io.StringIO
 ) -> None:
     async with app_client(redis_server.url) as api:
-        response = await api.post("/v1/sessions/chat-7/messages", params={"wait": 5},
-                                  json={"text": "x", "metadata": {"fail": "error"}},
-                                  headers={"X-Request-ID": "req-123"})  # fmt: skip
-        busy = await api.post("/v1/sessions/chat-7/messages",
-                              json={"text": "y", "metadata": {"delay_ms": 60_000}})  # fmt: skip
-        refused = await api.post("/v1/sessions/chat-7/messages",
-                                 json={"text": "z", "busy_policy": "reject"})  # fmt: skip
+        response = await api.post(
+            "/v1/sessions/chat-7/messages",
+            params={"wait": 5},
+            json={"text": "x", "metadata": {"fail": "error"}},
+            headers={"X-Request-ID": "req-123"},
+        )
+        busy = await api.post(
+            "/v1/sessions/chat-7/messages", json={"text": "y", "metadata": {"delay_ms": 60_000}}
+        )
+        refused = await api.post(
+            "/v1/sessions/chat-7/messages", json={"text": "z", "busy_policy": "reject"}
+        )
     assert response.headers["x-request-id"] == "req-123"
     assert busy.status_code == 202 and refused.status_code == 409
     lines = [json.loads(line) for line in json_lines.getvalue().splitlines()]

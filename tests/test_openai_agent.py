@@ -56,8 +56,9 @@ async def make_agent() -> AsyncIterator[MakeAgent]:
 
 
 def request_to(base_url: str | None, *, key: str | None = KEY, **fields: Any) -> AgentRequest:
-    return AgentRequest("helper", "What is a lease?", subscription=Subscription(SUB, base_url, key),
-                        **fields)  # fmt: skip
+    return AgentRequest(
+        "helper", "What is a lease?", subscription=Subscription(SUB, base_url, key), **fields
+    )
 
 
 async def history() -> list[Turn]:

@@ -38,8 +38,11 @@ async def test_a_killed_holders_sessions_are_taken_over_within_ttl_plus_one_swee
         killed_at = time.monotonic()
         process.wait(10)
         for run_id in queued:
-            await wait_until(functools.partial(status_is, rescuer, run_id, "completed"), 20,
-                             "the queued run to be drained by another worker")  # fmt: skip
+            await wait_until(
+                functools.partial(status_is, rescuer, run_id, "completed"),
+                20,
+                "the queued run to be drained by another worker",
+            )
         recovered_after = time.monotonic() - killed_at
         print(f"recovered {len(queued)} sessions {recovered_after:.1f} s after SIGKILL")
         # The documented bound, not a speed: the lease expires (10 s TTL) and the next sweep
@@ -73,8 +76,11 @@ async def test_sigterm_lets_runs_finish_and_hands_queued_runs_over_at_once(
         assert process.wait(20) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM
         left_at = time.monotonic()
         for run_id in queued:
-            await wait_until(functools.partial(status_is, staying, run_id, "completed"), 5,
-                             "the queued runs to move to the other worker")  # fmt: skip
+            await wait_until(
+                functools.partial(status_is, staying, run_id, "completed"),
+                5,
+                "the queued runs to move to the other worker",
+            )
         handed_over_after = time.monotonic() - left_at
         print(f"queued runs handed over {handed_over_after * 1000:.0f} ms after the exit")
         assert handed_over_after < 3  # far below the 10 s lease TTL: a wake-up, not an expiry
@@ -130,8 +136,9 @@ async def test_redis_going_away_stops_the_run_before_its_ttl_and_all_resumes(
         refused = await api.post("/v1/sessions/s/messages", json={"text": "during"})
         assert refused.status_code == 503 and "retry-after" in refused.headers
         own_redis_server.start()  # same data (append-only file)
-        after = await api.post("/v1/sessions/s/messages", params={"wait": 10},
-                               json={"text": "after"})  # fmt: skip
+        after = await api.post(
+            "/v1/sessions/s/messages", params={"wait": 10}, json={"text": "after"}
+        )
         assert after.status_code == 200 and after.json()["status"] == "completed"
         old = (await api.get(f"/v1/runs/{run['run_id']}")).json()
         assert old["status"] == "lost"
@@ -144,8 +151,9 @@ async def test_the_sweeper_forgets_idle_sessions_and_keeps_busy_ones(
         redis_server.url, lease_ttl_seconds=1.0, sweep_interval_seconds=60
     ) as api:
         await api.post("/v1/sessions/idle/messages", params={"wait": 5}, json={"text": "x"})
-        await api.post("/v1/sessions/busy/messages",
-                       json={"text": "x", "metadata": {"delay_ms": 600_000}})  # fmt: skip
+        await api.post(
+            "/v1/sessions/busy/messages", json={"text": "x", "metadata": {"delay_ms": 600_000}}
+        )
         assert await redis.zcard("lg:sessions:active") == 2
         sweeper = api.resources.sweeper
 

@@ -77,8 +77,9 @@ async def test_a_busy_session_rejects_by_default(api: httpx.AsyncClient) -> None
 async def test_a_run_past_its_deadline_is_timed_out_and_the_session_goes_on(
     api: httpx.AsyncClient,
 ) -> None:
-    slow = await execute(api, task("slow", timeout_seconds=1, metadata={"delay_ms": 60_000}),
-                         wait=10)  # fmt: skip
+    slow = await execute(
+        api, task("slow", timeout_seconds=1, metadata={"delay_ms": 60_000}), wait=10
+    )
     assert slow.status_code == 200
     assert slow.json()["status"] == "timed_out" and slow.json()["timeout_seconds"] == 1
     after = await execute(api, task("after"), wait=5)
@@ -117,8 +118,9 @@ async def test_a_run_outlives_its_lease_ttl_ten_times(
     async with app_client(
         redis_server.url, headers=INTERNAL, internal_secret=INTERNAL_SECRET, lease_ttl_seconds=ttl
     ) as http:
-        long = await execute(http, task("long", metadata={"delay_ms": int(ttl * 10 * 1000)}),
-                             wait=30)  # fmt: skip
+        long = await execute(
+            http, task("long", metadata={"delay_ms": int(ttl * 10 * 1000)}), wait=30
+        )
         assert long.status_code == 200 and long.json()["status"] == "completed"
         follow = await execute(http, task("follow"), wait=5)
     assert follow.json()["fence"] == long.json()["fence"] + 1  # never lost, never re-granted

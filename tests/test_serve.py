@@ -60,7 +60,10 @@ def test_serve_refuses_bad_configuration(tmp_path: Path) -> None:
     env = base_env(LEASEGATE_LEASE_TTL_SECONDS="3", LEASEGATE_HEARTBEAT_INTERVAL_SECONDS="5")
     result = subprocess.run(
         leasegate_command("serve", "--port", str(free_port())),
-        env=env, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode != 0
     assert "HEARTBEAT_INTERVAL_SECONDS must be shorter" in result.stderr

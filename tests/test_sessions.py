@@ -40,8 +40,13 @@ async def test_post_with_wait_returns_the_finished_run_and_records_the_transcrip
         ("assistant", "echo: hello", run["run_id"]),
     ]
     session = (await api.get("/v1/sessions/chat-1")).json()
-    assert session == {"session_id": "chat-1", "state": "idle", "active_run": None,
-                       "queued": [], "generation": 1}  # fmt: skip
+    assert session == {
+        "session_id": "chat-1",
+        "state": "idle",
+        "active_run": None,
+        "queued": [],
+        "generation": 1,
+    }
 
 
 async def test_follow_ups_queue_and_run_in_order(api: httpx.AsyncClient) -> None:
@@ -91,9 +96,10 @@ async def test_idempotency_key_returns_the_first_run(api: httpx.AsyncClient) -> 
     assert again.json()["idempotent_replay"] is True
     assert len((await api.get("/v1/sessions/s/runs")).json()["runs"]) == 1
     conflict = await api.post(
-        "/v1/sessions/s/messages", json={"text": "hi", "idempotency_key": "a"},
+        "/v1/sessions/s/messages",
+        json={"text": "hi", "idempotency_key": "a"},
         headers={"Idempotency-Key": "b"},
-    )  # fmt: skip
+    )
     assert conflict.status_code == 409
 
 

@@ -69,8 +69,13 @@ def test_the_checker_catches_overlapping_and_out_of_order_runs() -> None:
         def iso(ms: int) -> str:
             return datetime.fromtimestamp(1_800_000_000 + ms / 1000).isoformat()
 
-        return {"run_id": run_id, "created_at": iso(created), "started_at": iso(start),
-                "finished_at": iso(end), "fence": fence}  # fmt: skip
+        return {
+            "run_id": run_id,
+            "created_at": iso(created),
+            "started_at": iso(start),
+            "finished_at": iso(end),
+            "fence": fence,
+        }
 
     serial = [run("a", 0, 1, 10), run("b", 2, 10, 20), run("c", 3, 20, 30, fence=2)]
     assert run_violations(serial) == []

@@ -113,8 +113,9 @@ def _build(parsed: _File, environ: Mapping[str, str], path: Path) -> AgentsConfi
             )
         if entry.backend == "openai":
             _check_openai(entry, subscriptions, environ, path)
-        agents[entry.id] = AgentConfig(entry.id, entry.backend, entry.model,
-                                       tuple(entry.subscriptions), entry.system_prompt)  # fmt: skip
+        agents[entry.id] = AgentConfig(
+            entry.id, entry.backend, entry.model, tuple(entry.subscriptions), entry.system_prompt
+        )
     return AgentsConfig(agents, credentials)
 
 

@@ -39,8 +39,9 @@ class LeasegateCluster(RedisCluster):
     tests/test_redis_topology.py checks, and pyproject.toml caps redis below version 9.
     """
 
-    def __init__(self, *args: Any, pubsub_kwargs: dict[str, Any], seeds: list[tuple[str, int]],
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self, *args: Any, pubsub_kwargs: dict[str, Any], seeds: list[tuple[str, int]], **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._pubsub_kwargs = pubsub_kwargs
         self._seeds = seeds
@@ -67,12 +68,17 @@ class LeasegateCluster(RedisCluster):
             # redis-py close all connections, in-flight commands of other requests too.
             # (A connection error still refreshes the whole topology.)
             reinitialize_steps=0,
-            pubsub_kwargs={**credentials, **timeouts, "retry": retry_policy(),
-                           "health_check_interval": 30, "connection_class": connection_class},
+            pubsub_kwargs={
+                **credentials,
+                **timeouts,
+                "retry": retry_policy(),
+                "health_check_interval": 30,
+                "connection_class": connection_class,
+            },
             seeds=list(topology.nodes),
             **credentials,
             **timeouts,
-        )  # fmt: skip
+        )
 
     def pubsub(self, **_: Any) -> PubSub:  # type: ignore[override]
         # Each PubSub holds its one connection and closes it in its aclose(); the pool

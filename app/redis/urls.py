@@ -77,12 +77,22 @@ def parse_redis_url(url: str) -> RedisTopology:
         if parts.path not in ("", "/", "/0"):
             raise ValueError(f"{_URL}: a Redis Cluster has only database 0 (path '/' or '/0')")
         seeds = _hosts(hosts, DEFAULT_PORT, "cluster seed node")
-        return RedisTopology("cluster", url, seeds, username=username, password=password,
-                             tls=CLUSTER_SCHEMES[scheme])  # fmt: skip
+        return RedisTopology(
+            "cluster", url, seeds, username=username, password=password, tls=CLUSTER_SCHEMES[scheme]
+        )
     sentinels = _hosts(hosts, DEFAULT_SENTINEL_PORT, "Sentinel")
     service, db = _service_and_db(parts.path)
-    return RedisTopology("sentinel", url, sentinels, service, db, username, password,
-                         SENTINEL_SCHEMES[scheme], _sentinel_password(parts.query))  # fmt: skip
+    return RedisTopology(
+        "sentinel",
+        url,
+        sentinels,
+        service,
+        db,
+        username,
+        password,
+        SENTINEL_SCHEMES[scheme],
+        _sentinel_password(parts.query),
+    )
 
 
 def _single(url: str, scheme: str) -> RedisTopology:
@@ -143,14 +153,17 @@ def _service_and_db(path: str) -> tuple[str, int]:
     if segments and segments[-1] == "":
         segments.pop()  # a trailing slash
     if not segments or not segments[0]:
-        raise ValueError(f"{_URL}: a Sentinel URL needs the master's service name: "
-                         "redis+sentinel://host:port[,host:port...]/service[/db]")  # fmt: skip
+        raise ValueError(
+            f"{_URL}: a Sentinel URL needs the master's service name: "
+            "redis+sentinel://host:port[,host:port...]/service[/db]"
+        )
     if len(segments) > 2:
         raise ValueError(f"{_URL}: a Sentinel URL's path is /service[/db]")
     service = unquote(segments[0])
     if not _SERVICE.fullmatch(service):
-        raise ValueError(f"{_URL}: the Sentinel service name allows 1-128 characters of "
-                         "A-Z a-z 0-9 . _ : -")  # fmt: skip
+        raise ValueError(
+            f"{_URL}: the Sentinel service name allows 1-128 characters of A-Z a-z 0-9 . _ : -"
+        )
     if len(segments) == 1:
         return service, 0
     if not segments[1].isdigit():
@@ -167,8 +180,7 @@ def _sentinel_password(query: str) -> str | None:
         raise ValueError(f"{_URL}: the query is not name=value pairs") from None
     unknown = set(params) - {"sentinel_password"}
     if unknown:
-        raise ValueError(f"{_URL}: a Sentinel URL takes only the query parameter "
-                         "sentinel_password")  # fmt: skip
+        raise ValueError(f"{_URL}: a Sentinel URL takes only the query parameter sentinel_password")
     values = params["sentinel_password"]
     if len(values) != 1:
         raise ValueError(f"{_URL}: sentinel_password is given more than once")

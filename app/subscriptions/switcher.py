@@ -47,8 +47,12 @@ class SwitchResult:
     reason: Reason
 
     def public(self) -> dict[str, Any]:
-        return {"switched": self.switched, "from": self.from_subscription,
-                "to": self.to_subscription, "reason": self.reason}  # fmt: skip
+        return {
+            "switched": self.switched,
+            "from": self.from_subscription,
+            "to": self.to_subscription,
+            "reason": self.reason,
+        }
 
 
 class Subscriptions:
@@ -96,12 +100,16 @@ class Subscriptions:
         if snapshot != failed:
             return self._outcome(SwitchResult(False, failed, snapshot, "stale"))
         try:
-            async with self._leases.hold(keys.lease.resource, timeout=self._wait,
-                                         ttl=self._ttl) as lease:  # fmt: skip
+            async with self._leases.hold(
+                keys.lease.resource, timeout=self._wait, ttl=self._ttl
+            ) as lease:
                 result, event = await self._switch_held(lease, keys, priority, failed, kind)
         except LeaseTimeoutError:
-            log.warning("agent %s: switch lease not acquired within %gs; using the current "
-                        "subscription", agent_id, self._wait)  # fmt: skip
+            log.warning(
+                "agent %s: switch lease not acquired within %gs; using the current subscription",
+                agent_id,
+                self._wait,
+            )
             _, now, _ = await self._read(keys, priority)
             return self._outcome(SwitchResult(False, failed, now, "stale"))
         if event is not None and self._webhook is not None:
@@ -112,8 +120,9 @@ class Subscriptions:
         """A manual assignment, serialized with automatic switches by the same lease."""
         priority = self._known(agent_id, subscription)
         keys = agent_keys(agent_id)
-        async with self._leases.hold(keys.lease.resource, timeout=self._wait,
-                                     ttl=self._ttl) as lease:  # fmt: skip
+        async with self._leases.hold(
+            keys.lease.resource, timeout=self._wait, ttl=self._ttl
+        ) as lease:
             raw, current, _ = await self._read(keys, priority)
             if current == subscription:
                 return SwitchResult(False, current, current, "assigned")
@@ -184,32 +193,60 @@ class Subscriptions:
             return SwitchResult(False, failed, current, "stale"), None
         candidate = next((s for s in priority if s != failed and s not in recent), None)
         if candidate is None:
-            recorded = await guarded(self._scripts.no_viable(
-                keys=[keys.lease.lease, keys.lease.fence, keys.assignment, keys.events],
-                args=[lease.token, lease.fence, raw, kind, agent_id, self._max_events, current],
-            ))  # fmt: skip
+            recorded = await guarded(
+                self._scripts.no_viable(
+                    keys=[keys.lease.lease, keys.lease.fence, keys.assignment, keys.events],
+                    args=[lease.token, lease.fence, raw, kind, agent_id, self._max_events, current],
+                )
+            )
             if recorded[0] == 1:
-                log.error("agent %s: no viable subscription after %s failed (%s)",
-                          agent_id, failed, kind)  # fmt: skip
+                log.error(
+                    "agent %s: no viable subscription after %s failed (%s)", agent_id, failed, kind
+                )
             return SwitchResult(False, failed, failed, "no_alternative"), None
         code, *_ = await self._assign(lease, keys, raw, current, candidate, "auto", kind)
         if code != AssignCode.ASSIGNED:
             return SwitchResult(False, failed, current, "stale"), None
-        log.warning("agent %s: subscription switched %s -> %s after a %s failure (fence %d)",
-                    agent_id, failed, candidate, kind, lease.fence)  # fmt: skip
-        return (SwitchResult(True, failed, candidate, "switched"),
-                self._event(agent_id, failed, candidate, "auto", kind))  # fmt: skip
+        log.warning(
+            "agent %s: subscription switched %s -> %s after a %s failure (fence %d)",
+            agent_id,
+            failed,
+            candidate,
+            kind,
+            lease.fence,
+        )
+        return (
+            SwitchResult(True, failed, candidate, "switched"),
+            self._event(agent_id, failed, candidate, "auto", kind),
+        )
 
     async def _assign(
-        self, lease: Lease, keys: AgentKeys, raw: str, current: str, new: str, reason: str,
+        self,
+        lease: Lease,
+        keys: AgentKeys,
+        raw: str,
+        current: str,
+        new: str,
+        reason: str,
         kind: str,
-    ) -> list[Any]:  # fmt: skip
+    ) -> list[Any]:
         agent_id = keys.lease.resource.removeprefix("a:")
-        reply: list[Any] = await guarded(self._scripts.assign(
-            keys=[keys.lease.lease, keys.lease.fence, keys.assignment, keys.events],
-            args=[lease.token, lease.fence, raw, new, reason, kind, agent_id,
-                  self._max_events, current],
-        ))  # fmt: skip
+        reply: list[Any] = await guarded(
+            self._scripts.assign(
+                keys=[keys.lease.lease, keys.lease.fence, keys.assignment, keys.events],
+                args=[
+                    lease.token,
+                    lease.fence,
+                    raw,
+                    new,
+                    reason,
+                    kind,
+                    agent_id,
+                    self._max_events,
+                    current,
+                ],
+            )
+        )
         return [AssignCode(reply[0]), *reply[1:]]
 
     async def _record_failure(self, keys: AgentKeys, failed: str) -> None:
@@ -242,8 +279,14 @@ class Subscriptions:
 
     @staticmethod
     def _event(agent_id: str, old: str, new: str, reason: str, kind: str) -> dict[str, Any]:
-        return {"type": "subscription_switched", "agent_id": agent_id, "from": old, "to": new,
-                "reason": reason, "kind": kind}  # fmt: skip
+        return {
+            "type": "subscription_switched",
+            "agent_id": agent_id,
+            "from": old,
+            "to": new,
+            "reason": reason,
+            "kind": kind,
+        }
 
 
 def _effective(stored: object, priority: tuple[str, ...]) -> str:

@@ -38,14 +38,19 @@ class Webhook:
                 response = await self._client.post(self._url, json=event)
                 if response.status_code < 500:
                     if response.status_code >= 400:
-                        log.warning("webhook refused event %s: HTTP %d", event["type"],
-                                    response.status_code)  # fmt: skip
+                        log.warning(
+                            "webhook refused event %s: HTTP %d", event["type"], response.status_code
+                        )
                     return
             except httpx.HTTPError as exc:
                 log.warning("webhook attempt %d failed: %s", attempt + 1, type(exc).__name__)
             await asyncio.sleep(BACKOFF * 2**attempt)
-        log.error("webhook: event %s for agent %s not delivered after %d attempts",
-                  event["type"], event.get("agent_id"), ATTEMPTS)  # fmt: skip
+        log.error(
+            "webhook: event %s for agent %s not delivered after %d attempts",
+            event["type"],
+            event.get("agent_id"),
+            ATTEMPTS,
+        )
 
     async def aclose(self, grace: float = 5.0) -> None:
         if self._pending:

@@ -60,9 +60,18 @@ def leasegate_command(*args: str) -> list[str]:
 
 def uvicorn_command(port: int, workers: int) -> list[str]:
     return [
-        sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--factory",
+        "app.main:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+    ]
 
 
 API_KEYS = {"key-acme-0001": "acme", "key-globex-0002": "globex"}

@@ -50,17 +50,21 @@ class LocalRedisCluster:
             raise ValueError("a Redis Cluster needs at least 3 primaries")
         self.data_dir = data_dir
         cluster_args = (
-            "--cluster-enabled", "yes",
-            "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", str(node_timeout_ms),
-        )  # fmt: skip
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            str(node_timeout_ms),
+        )
         ports: set[int] = set()
         self.nodes: list[RedisServer] = []
         for i in range(size):
             port = free_cluster_port(ports)
             ports |= {port, port + CLUSTER_BUS_OFFSET}
-            node = RedisServer(data_dir / f"node-{i}", port=port, appendonly=False,
-                               extra_args=cluster_args)  # fmt: skip
+            node = RedisServer(
+                data_dir / f"node-{i}", port=port, appendonly=False, extra_args=cluster_args
+            )
             self.nodes.append(node)
 
     @property
@@ -107,9 +111,15 @@ class LocalRedisCluster:
             return cluster_info(client)
 
     def _create(self) -> None:
-        args = [find_redis_cli(), "--cluster", "create",
-                *(f"{h}:{p}" for h, p in self.seeds),
-                "--cluster-replicas", "0", "--cluster-yes"]  # fmt: skip
+        args = [
+            find_redis_cli(),
+            "--cluster",
+            "create",
+            *(f"{h}:{p}" for h, p in self.seeds),
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+        ]
         try:
             done = subprocess.run(
                 args, stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=False
