@@ -1,8 +1,13 @@
-"""Request dependencies: the shared resources of the application instance, and the caller."""
+"""Request dependencies: one per route, each giving the caller and what it needs.
+
+Each resolves the application instance's shared resources from the request directly and
+authenticates in the same step, so a route costs one dependency to solve.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
@@ -10,33 +15,39 @@ from fastapi import Depends, Header, Path, Request
 from app import logs
 from app.errors import AuthError
 from app.resources import Resources
-from app.sessions.runner import SessionRunner
-from app.sessions.store import SessionRef, SessionStore
+from app.sessions.ref import SessionRef
 
 log = logging.getLogger(__name__)
 
+AuthorizationHeader = Annotated[str | None, Header(include_in_schema=False)]
 
-async def get_resources(request: Request) -> Resources:
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A tenant's authenticated request."""
+
+    resources: Resources
+    tenant: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionCall:
+    """A tenant's authenticated request about one of its sessions."""
+
+    resources: Resources
+    session: SessionRef
+
+
+def resources_of(request: Request) -> Resources:
     resources: Resources = request.app.state.resources
     return resources
 
 
-ResourcesDep = Annotated[Resources, Depends(get_resources)]
+async def get_resources(request: Request) -> Resources:
+    return resources_of(request)
 
 
-async def get_store(resources: ResourcesDep) -> SessionStore:
-    return resources.store
-
-
-async def get_runner(resources: ResourcesDep) -> SessionRunner:
-    return resources.runner
-
-
-async def get_tenant(
-    request: Request,
-    resources: ResourcesDep,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> str:
+def _tenant(request: Request, resources: Resources, authorization: str | None) -> str:
     try:
         tenant = resources.api_keys.tenant(authorization)
     except AuthError as exc:
@@ -46,34 +57,49 @@ async def get_tenant(
     return tenant
 
 
-async def require_internal(
-    request: Request,
-    resources: ResourcesDep,
-    x_internal_secret: Annotated[str | None, Header(include_in_schema=False)] = None,
-    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> None:
-    try:
-        resources.internal_secret.check(x_internal_secret, authorization)
-    except AuthError as exc:
-        log.warning("internal authentication failed: %s %s: %s",
-                    request.method, request.url.path, exc)  # fmt: skip
-        raise
+async def get_caller(request: Request, authorization: AuthorizationHeader = None) -> Caller:
+    resources = resources_of(request)
+    return Caller(resources, _tenant(request, resources, authorization))
 
-
-StoreDep = Annotated[SessionStore, Depends(get_store)]
-RunnerDep = Annotated[SessionRunner, Depends(get_runner)]
-TenantDep = Annotated[str, Depends(get_tenant)]
 
 SessionIdPath = Annotated[
     str,
-    Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$",
-         description="1-128 characters of A-Z a-z 0-9 . _ : -"),
-]  # fmt: skip
+    Path(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9._:\-]+$",
+        description="1-128 characters of A-Z a-z 0-9 . _ : -",
+    ),
+]
 
 
-async def get_session(session_id: SessionIdPath, tenant: TenantDep) -> SessionRef:
+async def get_session_call(
+    request: Request, session_id: SessionIdPath, authorization: AuthorizationHeader = None
+) -> SessionCall:
+    resources = resources_of(request)
+    tenant = _tenant(request, resources, authorization)
     logs.bind(session=session_id)
-    return SessionRef.of(tenant, session_id)
+    return SessionCall(resources, SessionRef.of(tenant, session_id))
 
 
-SessionDep = Annotated[SessionRef, Depends(get_session)]
+async def get_internal(
+    request: Request,
+    x_internal_secret: Annotated[str | None, Header(include_in_schema=False)] = None,
+    authorization: AuthorizationHeader = None,
+) -> Resources:
+    """The resources, for a request that carries the internal secret."""
+    resources = resources_of(request)
+    try:
+        resources.internal_secret.check(x_internal_secret, authorization)
+    except AuthError as exc:
+        log.warning(
+            "internal authentication failed: %s %s: %s", request.method, request.url.path, exc
+        )
+        raise
+    return resources
+
+
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+CallerDep = Annotated[Caller, Depends(get_caller)]
+SessionDep = Annotated[SessionCall, Depends(get_session_call)]
+InternalDep = Annotated[Resources, Depends(get_internal)]

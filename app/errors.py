@@ -2,8 +2,10 @@
 
     LeasegateError
     ├── RedisUnavailableError      Redis could not be reached; nothing was changed
+    │   └── AdmissionUnknownError  Redis did not answer an admission in time
     ├── ServiceClosingError        this worker is shutting down and admits nothing more
     ├── InvalidKeyError            an id that cannot be turned into a Redis key
+    ├── MetadataTooLargeError      a message's metadata is over its size limit
     ├── UnknownAgentError          a request named an agent that is not configured
     ├── AgentFailedError           an agent could not produce its reply
     │   └── SubscriptionFailureError  the upstream refused a subscription (.kind)
@@ -43,8 +45,27 @@ class RedisUnavailableError(LeasegateError):
         self.detail = detail
 
 
+class AdmissionUnknownError(RedisUnavailableError):
+    """Redis did not answer an admission in time: it may or may not have been admitted."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            "Redis did not answer in time, so whether the message was admitted is unknown "
+            f"(it would be run {run_id}); retrying with the same Idempotency-Key is safe: "
+            "it finds that run if there is one, and admits the message once otherwise"
+        )
+        self.run_id = run_id
+
+
 class ServiceClosingError(LeasegateError):
     """This worker is shutting down; the caller should retry (another worker admits)."""
+
+
+class MetadataTooLargeError(LeasegateError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"metadata is {size} bytes serialized; at most {limit}")
+        self.size = size
+        self.limit = limit
 
 
 class InvalidKeyError(LeasegateError, ValueError):

@@ -54,8 +54,6 @@ def lease_keys(resource: str) -> LeaseKeys:
 # Channels are not keys: Redis Cluster broadcasts them to every node.
 CONTROL_CHANNEL = f"{NAMESPACE}:control"
 """Signals to whichever worker holds a session: cancel, interrupt, reset."""
-FINISHED_CHANNEL = f"{NAMESPACE}:finished"
-"""Announces every run that reached a terminal status (payload: run id)."""
 WAKE_CHANNEL = f"{NAMESPACE}:wake"
 """Asks any worker to take over a session that was released with runs queued (payload:
 tenant and session id as JSON)."""
@@ -66,6 +64,7 @@ admission in ms): the sweeper's index, so it never scans the keyspace."""
 
 _TENANT = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 _SESSION = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_REQUEST = re.compile(r"[A-Za-z0-9_\-]{8,64}")
 
 
 def checked_tenant(tenant: str) -> str:
@@ -82,31 +81,47 @@ def checked_session_id(session_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SessionKeys:
-    """The keys of one session, all in one hash slot.
+    """The keys of one session, all in one hash slot, so that every session script can
+    declare every key it touches: `all` is the KEYS list every session script takes.
 
-    Run records are `<prefix>run:<run_id>`; scripts build those names from `prefix`,
-    which keeps them in the session's slot.
+    - `lease`: the holder's token, with the lease TTL;
+    - `state`: a small hash: generation, fence (bumped for every run a holder starts, so it
+      rises for the life of the session's data), active run, holder, stop request;
+    - `queue`: run ids waiting, in order;
+    - `runs`: a hash of run records (`<run_id>`: what was asked, JSON made at admission;
+      `<run_id>:s`: how it went, JSON kept by the scripts) and idempotency keys
+      (`idem:<digest>`: run id);
+    - `order`: run ids by admission time, for listing and for retention;
+    - `transcript`: the current generation's turns;
+    - `events`: the bounded event stream, and the pub/sub channel announcing its entries.
     """
 
     lease: LeaseKeys
-    prefix: str
     state: str
     queue: str
     runs: str
-
-    def run(self, run_id: str) -> str:
-        return f"{self.prefix}run:{run_id}"
+    order: str
+    transcript: str
+    events: str
 
     @property
-    def events(self) -> str:
-        """The bounded event stream, and the pub/sub channel announcing its new entries."""
-        return f"{self.prefix}events"
+    def all(self) -> list[str]:
+        return [
+            self.lease.lease,
+            self.state,
+            self.queue,
+            self.runs,
+            self.order,
+            self.transcript,
+            self.events,
+        ]
 
-    def transcript(self, generation: int) -> str:
-        return f"{self.prefix}transcript:{generation}"
-
-    def idempotency(self, digest: str) -> str:
-        return f"{self.prefix}idem:{digest}"
+    def reply(self, request_id: str) -> str:
+        """Where a control script keeps its answer briefly, so that a re-sent call (same
+        request id) is answered as the first one was."""
+        if not _REQUEST.fullmatch(request_id):
+            raise InvalidKeyError(request_id, "a request id is 8-64 characters of A-Z a-z 0-9 _ -")
+        return f"{self.state}:reply:{request_id}"
 
 
 def session_keys(tenant: str, session_id: str) -> SessionKeys:
@@ -116,20 +131,18 @@ def session_keys(tenant: str, session_id: str) -> SessionKeys:
     prefix = f"{NAMESPACE}:{{{resource}}}:"
     return SessionKeys(
         lease=lease,
-        prefix=prefix,
         state=f"{prefix}state",
         queue=f"{prefix}queue",
         runs=f"{prefix}runs",
+        order=f"{prefix}order",
+        transcript=f"{prefix}transcript",
+        events=f"{prefix}events",
     )
 
 
 def execution_key(execution_id: str) -> str:
     """A scheduled execution's record: which session and run it became, and its fingerprint."""
     return f"{NAMESPACE}:{{x:{checked(execution_id)}}}:execution"
-
-
-RELOAD_CHANNEL = f"{NAMESPACE}:reload"
-"""Announces an agent whose subscription changed (payload: agent id): drop cached clients."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,37 +5,54 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 
 from app.agents import AgentRegistry
 from app.auth import ApiKeys, InternalSecret
 from app.executions import ExecutionStore
-from app.keys import CONTROL_CHANNEL, FINISHED_CHANNEL, RELOAD_CHANNEL, WAKE_CHANNEL
+from app.keys import CONTROL_CHANNEL, WAKE_CHANNEL
 from app.locks import LeaseManager, LeaseScripts
 from app.metrics import Metrics
 from app.redis import create_redis
 from app.redis.pubsub import PubSubHub
-from app.sessions.runner import SessionRunner
-from app.sessions.scripts import SessionScripts
-from app.sessions.store import SessionStore
+from app.sessions.admission import Admissions
+from app.sessions.control import Control
+from app.sessions.holder import HolderDeps
+from app.sessions.index import SessionIndex
+from app.sessions.lua import Limits
+from app.sessions.reads import Reads
+from app.sessions.renewal import Renewals
+from app.sessions.service import Sessions
 from app.sessions.sweeper import Sweeper
+from app.sessions.waiters import Waiters
+from app.sessions.writes import HolderWrites
 from app.settings import Settings
+from app.subscriptions.agent_call import AgentCalls
 from app.subscriptions.scripts import SubscriptionScripts
 from app.subscriptions.switcher import Subscriptions
 from app.subscriptions.webhook import Webhook
+
+
+class Script(Protocol):
+    """What readiness needs of a registered script: its SHA1 and its text."""
+
+    sha: Any
+    script: Any
 
 
 @dataclass(slots=True)
 class Resources:
     settings: Settings
     redis: Redis
-    scripts: list[AsyncScript]
+    scripts: list[Script]
     hub: PubSubHub
     leases: LeaseManager
-    store: SessionStore
-    runner: SessionRunner
+    reads: Reads
+    control: Control
+    sessions: Sessions
+    renewals: Renewals
     sweeper: Sweeper
     agents: AgentRegistry
     subscriptions: Subscriptions
@@ -48,8 +65,8 @@ class Resources:
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics, agents: AgentRegistry) -> Resources:
         redis = create_redis(settings)
+        worker = f"{socket.gethostname()}:{os.getpid()}"
         lease_scripts = LeaseScripts.register(redis)
-        session_scripts = SessionScripts.register(redis)
         hub = PubSubHub(redis)
         leases = LeaseManager(
             redis,
@@ -58,15 +75,6 @@ class Resources:
             ttl=settings.lease_ttl_seconds,
             heartbeat_interval=settings.heartbeat_interval,
             metrics=metrics,
-        )
-        store = SessionStore(
-            redis,
-            session_scripts,
-            lease_ttl=settings.lease_ttl_seconds,
-            retention_seconds=settings.run_retention_seconds,
-            queue_cap=settings.queue_cap,
-            worker=f"{socket.gethostname()}:{os.getpid()}",
-            retry_lost=settings.retry_lost_runs,
         )
         subscription_scripts = SubscriptionScripts.register(redis)
         webhook = Webhook(settings.webhook_url.get_secret_value()) if settings.webhook_url else None
@@ -82,24 +90,75 @@ class Resources:
             events_max_length=settings.events_max_length,
             webhook=webhook,
         )
-        runner = SessionRunner(store, leases, agents, subscriptions, metrics)
-        hub.listen(CONTROL_CHANNEL, runner.on_control)
-        hub.listen(FINISHED_CHANNEL, runner.on_finished)
-        hub.listen(RELOAD_CHANNEL, agents.on_reload)
-        hub.listen(WAKE_CHANNEL, runner.on_wake)
-        sweeper = Sweeper(store, runner, leases, metrics, interval=settings.sweep_interval_seconds,
-                          idle_grace=2 * settings.lease_ttl_seconds)  # fmt: skip
+        limits = Limits(
+            lease_ttl_ms=max(1, round(settings.lease_ttl_seconds * 1000)),
+            retention_ms=max(1, round(settings.run_retention_seconds * 1000)),
+            queue_cap=settings.queue_cap,
+            retry_lost=settings.retry_lost_runs,
+            call_timeout=settings.redis_timeout_seconds,
+        )
+        admissions = Admissions(redis, limits, worker=worker)
+        writes = HolderWrites(redis, limits)
+        renewals = Renewals(redis, limits, interval=settings.heartbeat_interval, metrics=metrics)
+        control = Control(redis, limits)
+        reads = Reads(redis, timeout=settings.redis_timeout_seconds)
+        index = SessionIndex(redis, limits, worker=worker)
+        deps = HolderDeps(
+            writes=writes,
+            renewals=renewals,
+            calls=AgentCalls(agents, subscriptions),
+            reads=reads,
+            control=control,
+            waiters=Waiters(reads, hub),
+            metrics=metrics,
+            lease_ttl=settings.lease_ttl_seconds,
+            active={},
+            early_stop=lambda _: None,
+            closing=lambda: False,
+        )
+        sessions = Sessions(admissions, index, deps, deadline=settings.redis_timeout_seconds)
+        hub.listen(CONTROL_CHANNEL, sessions.on_control)
+        hub.listen(WAKE_CHANNEL, sessions.on_wake)
+        sweeper = Sweeper(
+            index,
+            sessions,
+            leases,
+            metrics,
+            interval=settings.sweep_interval_seconds,
+            idle_grace=2 * settings.lease_ttl_seconds,
+        )
         hub.start()
+        renewals.start()
         sweeper.start()
-        executions = ExecutionStore(redis, retention_seconds=settings.run_retention_seconds)
+        scripts: list[Script] = [
+            *lease_scripts.all(),
+            *subscription_scripts.all(),
+            *admissions.scripts,
+            *writes.scripts,
+            *renewals.scripts,
+            *control.scripts,
+            *index.scripts,
+        ]
         secret = settings.internal_secret
         return cls(
-            settings, redis, [*lease_scripts.all(), *session_scripts.all(),
-            *subscription_scripts.all()], hub, leases, store, runner, sweeper, agents,
-            subscriptions,
-            webhook, executions, ApiKeys(settings.api_keys),
-            InternalSecret(secret.get_secret_value() if secret else None), metrics,
-        )  # fmt: skip
+            settings=settings,
+            redis=redis,
+            scripts=scripts,
+            hub=hub,
+            leases=leases,
+            reads=reads,
+            control=control,
+            sessions=sessions,
+            renewals=renewals,
+            sweeper=sweeper,
+            agents=agents,
+            subscriptions=subscriptions,
+            webhook=webhook,
+            executions=ExecutionStore(redis, retention_seconds=settings.run_retention_seconds),
+            api_keys=ApiKeys(settings.api_keys),
+            internal_secret=InternalSecret(secret.get_secret_value() if secret else None),
+            metrics=metrics,
+        )
 
     async def load_scripts(self) -> None:
         """Make sure every script is in Redis' script cache (readiness)."""
@@ -110,7 +169,8 @@ class Resources:
 
     async def close(self) -> None:
         await self.sweeper.close()
-        await self.runner.close(self.settings.shutdown_grace_seconds)
+        await self.sessions.close(self.settings.shutdown_grace_seconds)
+        await self.renewals.close()
         if self.webhook is not None:
             await self.webhook.aclose()
         await self.agents.aclose()

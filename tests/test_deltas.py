@@ -1,34 +1,35 @@
-"""Reply deltas: batched, in order, and the unsent tail handed to the outcome."""
+"""Reply deltas: batched, in order, each write saying where in the reply it starts; the
+tail left at the end is sent by the outcome, never by the buffer."""
 
 from __future__ import annotations
 
 import asyncio
 
-from app.sessions import deltas
+from app.errors import RedisUnavailableError
 from app.sessions.deltas import DeltaBuffer
 from tests.support.waiting import wait_until
 
 
-async def test_deltas_are_batched_in_order_and_the_tail_is_returned() -> None:
-    sent: list[str] = []
+async def test_deltas_are_batched_in_order_with_their_offsets() -> None:
+    sent: list[tuple[int, str]] = []
     writes_begun: list[str] = []
     gate = asyncio.Event()
     gate.set()
 
-    async def send(text: str) -> None:
+    async def send(offset: int, text: str) -> None:
         writes_begun.append(text)
         await gate.wait()
-        sent.append(text)
+        sent.append((offset, text))
 
     buffer = DeltaBuffer(send)
     buffer.add("a")
-    buffer.add("b")
+    buffer.add("é")  # two bytes: offsets count bytes, as the scripts do
 
     async def flushed(count: int) -> bool:
         return len(sent) >= count
 
     await wait_until(lambda: flushed(1), what="the first batch")
-    assert sent == ["ab"]
+    assert sent == [(0, "aé")]
     gate.clear()  # the next write hangs until released
     buffer.add("c")
 
@@ -39,8 +40,34 @@ async def test_deltas_are_batched_in_order_and_the_tail_is_returned() -> None:
     buffer.add("d")  # arrives while that write hangs
     gate.set()
     await wait_until(lambda: flushed(3), what="the batches after a slow write")
-    assert "".join(sent) == "abcd" and sent[1] == "c"
+    assert sent == [(0, "aé"), (3, "c"), (4, "d")]
     buffer.add("e")
-    assert await buffer.drain() == "e"  # a fast end: the tail rides with the outcome
-    await asyncio.sleep(deltas.FLUSH_DELAY * 2)  # a negative check: nothing more is written
-    assert "".join(sent) == "abcd"
+    await buffer.drain()  # a fast end: the outcome sends the tail
+    buffer.add("f")  # after the end: ignored
+    assert sent == [(0, "aé"), (3, "c"), (4, "d")] and writes_begun[-1] == "d"
+
+
+async def test_a_write_redis_refused_is_sent_again_from_the_same_byte() -> None:
+    sent: list[tuple[int, str]] = []
+    failures = [RedisUnavailableError()]
+
+    async def send(offset: int, text: str) -> None:
+        if failures:
+            raise failures.pop()
+        sent.append((offset, text))
+
+    buffer = DeltaBuffer(send)
+    buffer.add("ab")
+
+    async def attempted() -> bool:
+        return not failures
+
+    await wait_until(attempted, what="the first, failing write")
+    buffer.add("c")
+
+    async def resent() -> bool:
+        return bool(sent)
+
+    await wait_until(resent, what="the write after the failure")
+    assert sent == [(0, "abc")]
+    await buffer.drain()

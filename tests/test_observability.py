@@ -71,7 +71,8 @@ async def test_metrics_count_admissions_runs_and_leases(
 async def test_logs_are_json_lines_with_request_tenant_session_run_and_fence(
     redis: Redis, redis_server: RedisServer, json_lines: io.StringIO
 ) -> None:
-    async with app_client(redis_server.url) as api:
+    # Admission decisions are logged at DEBUG (the access log and a counter say it at INFO).
+    async with app_client(redis_server.url, log_level="DEBUG", shutdown_grace_seconds=0.1) as api:
         response = await api.post(
             "/v1/sessions/chat-7/messages",
             params={"wait": 5},

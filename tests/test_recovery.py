@@ -16,7 +16,7 @@ from app.metrics import Metrics
 from app.redis.server import RedisServer
 from tests.support.api import app_client, post, run_of, status_is
 from tests.support.servers import single_process_servers
-from tests.support.waiting import wait_until
+from tests.support.waiting import start_confirmed, wait_until
 
 
 @pytest.mark.multiprocess
@@ -32,8 +32,14 @@ async def test_a_killed_holders_sessions_are_taken_over_within_ttl_plus_one_swee
             long = await post(victim, session, "long", metadata={"delay_ms": 600_000}, expect=202)
             in_flight.append(long.json()["run_id"])
             queued.append((await post(victim, session, f"next {i}", expect=202)).json()["run_id"])
-        for run_id in in_flight:
+        probe = Redis.from_url(redis_server.url)
+        for i, run_id in enumerate(in_flight):
             await wait_until(functools.partial(status_is, rescuer, run_id, "running"), what="run")
+            confirmed = functools.partial(
+                start_confirmed, probe, "default", f"{prefix}-{i}", run_id
+            )
+            await wait_until(confirmed, what="its start confirmed")  # else it would run again
+        await probe.aclose()
         process.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         process.wait(10)
@@ -122,6 +128,10 @@ async def test_redis_going_away_stops_the_run_before_its_ttl_and_all_resumes(
     ) as api:
         slow = {"text": "long", "metadata": {"delay_ms": 600_000}}
         run = (await api.post("/v1/sessions/s/messages", json=slow)).json()
+        probe = Redis.from_url(own_redis_server.url)
+        confirmed = functools.partial(start_confirmed, probe, "default", "s", run["run_id"])
+        await wait_until(confirmed, what="its start confirmed")  # else it would run again
+        await probe.aclose()
         own_redis_server.stop()
         stopped_at = time.monotonic()
 

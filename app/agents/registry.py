@@ -76,10 +76,6 @@ class AgentRegistry:
     def credentials(self, subscription_id: str) -> Subscription:
         return self.config.subscription(subscription_id)
 
-    def on_reload(self, agent_id: str) -> None:
-        """A no-op, kept until resources stops subscribing. An agent's one upstream client
-        serves every subscription (the key goes on each request), so a switch drops nothing."""
-
     async def aclose(self) -> None:
         for agent in self._agents.values():
             with contextlib.suppress(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -35,10 +36,17 @@ def _unreachable(exc: BaseException) -> bool:
     return False
 
 
-async def guarded(awaitable: Awaitable[T]) -> T:
-    """Await a Redis call; an unreachable Redis becomes RedisUnavailableError."""
+async def guarded(awaitable: Awaitable[T], timeout: float | None = None) -> T:
+    """Await a Redis call; an unreachable Redis becomes RedisUnavailableError, and so does
+    one that has not answered within `timeout` seconds, the client's own re-sends included
+    (a request must not outlive the Redis timeout by the client's retries)."""
     try:
-        return await awaitable
+        if timeout is None:
+            return await awaitable
+        async with asyncio.timeout(timeout):
+            return await awaitable
+    except TimeoutError as exc:
+        raise RedisUnavailableError(f"Redis did not answer within {timeout:g} s") from exc
     except Exception as exc:
         if _unreachable(exc):
             raise RedisUnavailableError(

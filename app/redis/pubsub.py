@@ -66,9 +66,12 @@ class PubSubHub:
             await self._pubsub.aclose()
 
     @contextlib.asynccontextmanager
-    async def watch(self, channel: str) -> AsyncIterator[asyncio.Event]:
-        """Yield an event that is set whenever a message arrives on `channel`."""
-        event = asyncio.Event()
+    async def watch(
+        self, channel: str, event: asyncio.Event | None = None
+    ) -> AsyncIterator[asyncio.Event]:
+        """Yield an event (`event`, or a new one) that is set whenever a message arrives on
+        `channel`."""
+        event = event if event is not None else asyncio.Event()
         waiters = self._waiters.setdefault(channel, set())
         waiters.add(event)
         try:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import ResourcesDep, require_internal
+from app.deps import InternalDep
 
-router = APIRouter(prefix="/internal", tags=["agents"], dependencies=[Depends(require_internal)])
+router = APIRouter(prefix="/internal", tags=["agents"])
 
 
 class SubscriptionIn(BaseModel):
@@ -24,27 +24,27 @@ class FailureIn(BaseModel):
 
 
 @router.get("/agents/{agent_id}")
-async def get_agent(agent_id: str, resources: ResourcesDep) -> dict[str, Any]:
+async def get_agent(agent_id: str, resources: InternalDep) -> dict[str, Any]:
     return await resources.subscriptions.state(resources.agents.resolve(agent_id))
 
 
 @router.put("/agents/{agent_id}/subscription")
 async def assign_subscription(
-    agent_id: str, body: SubscriptionIn, resources: ResourcesDep
+    agent_id: str, body: SubscriptionIn, resources: InternalDep
 ) -> dict[str, Any]:
     result = await resources.subscriptions.assign(agent_id, body.subscription_id)
     return result.public()
 
 
 @router.post("/agents/{agent_id}/subscription-failures")
-async def report_failure(agent_id: str, body: FailureIn, resources: ResourcesDep) -> dict[str, Any]:
+async def report_failure(agent_id: str, body: FailureIn, resources: InternalDep) -> dict[str, Any]:
     result = await resources.subscriptions.handle_failure(agent_id, body.subscription_id, body.kind)
     return result.public()
 
 
 @router.get("/events")
 async def list_events(
-    resources: ResourcesDep,
+    resources: InternalDep,
     agent_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from app.deps import ResourcesDep, SessionDep, StoreDep
+from app.deps import SessionDep
 from app.errors import InvalidKeyError
 
 router = APIRouter(prefix="/v1/sessions", tags=["events"])
@@ -31,14 +31,14 @@ BATCH = 100
 
 @router.get("/{session_id}/events")
 async def session_events(
-    session: SessionDep,
-    store: StoreDep,
-    resources: ResourcesDep,
+    call: SessionDep,
     last_event_id: Annotated[str | None, Header(max_length=50)] = None,
     since: Annotated[
         str | None, Query(max_length=50, description="Resume after this event id; 0 replays all.")
     ] = None,
 ) -> EventSourceResponse:
+    resources, session = call.resources, call.session
+    store = resources.reads
     await store.require(session)
     after = last_event_id or since
     if after is not None and after != "0" and not EVENT_ID.fullmatch(after):

@@ -6,18 +6,20 @@ import hashlib
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.deps import ResourcesDep, RunnerDep, StoreDep, require_internal
-from app.errors import IdempotencyConflictError
+from app.deps import InternalDep, SessionCall
+from app.errors import IdempotencyConflictError, MetadataTooLargeError
 from app.executions import Execution
 from app.routers.schemas import MetadataField
+from app.routers.sessions import wait_for_end
+from app.sessions.admission import MAX_METADATA_BYTES
 from app.sessions.models import BusyPolicy, NewRun
-from app.sessions.store import SessionRef
+from app.sessions.ref import SessionRef
 
-router = APIRouter(prefix="/internal", tags=["internal"], dependencies=[Depends(require_internal)])
+router = APIRouter(prefix="/internal", tags=["internal"])
 
 SAFE_ID = r"^[A-Za-z0-9._:\-]+$"
 
@@ -29,8 +31,9 @@ class TaskIn(BaseModel):
     execution_id: str = Field(min_length=1, max_length=200, pattern=SAFE_ID)
     message: str = Field(min_length=1, max_length=32_000)
     session_id: str | None = Field(default=None, min_length=1, max_length=128, pattern=SAFE_ID)
-    tenant: str | None = Field(default=None, min_length=1, max_length=64,
-                               pattern=r"^[A-Za-z0-9._\-]+$")  # fmt: skip
+    tenant: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$"
+    )
     timeout_seconds: float | None = Field(default=None, ge=1, le=7200)
     busy_policy: BusyPolicy = BusyPolicy.REJECT
     metadata: MetadataField = Field(default_factory=dict)
@@ -43,8 +46,7 @@ class TaskIn(BaseModel):
 @router.post("/execute-task", status_code=202)
 async def execute_task(
     task: TaskIn,
-    resources: ResourcesDep,
-    runner: RunnerDep,
+    resources: InternalDep,
     wait: Annotated[float | None, Query(gt=0, le=60)] = None,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> JSONResponse:
@@ -53,6 +55,9 @@ async def execute_task(
     session_id = task.session_id or f"task:{agent_id}"
     session = SessionRef.of(tenant, session_id)
     fingerprint = task.fingerprint()
+    metadata_size = len(json.dumps(task.metadata, separators=(",", ":")))
+    if metadata_size > MAX_METADATA_BYTES:  # before the execution is claimed: nothing written
+        raise MetadataTooLargeError(metadata_size, MAX_METADATA_BYTES)
     claimed = await resources.executions.claim(
         Execution(
             task.execution_id,
@@ -66,7 +71,7 @@ async def execute_task(
         raise IdempotencyConflictError(
             f"execution {task.execution_id!r} was already submitted with a different request"
         )
-    admission = await runner.submit(
+    submitted = await resources.sessions.submit(
         session,
         NewRun(
             text=task.message,
@@ -77,24 +82,28 @@ async def execute_task(
             timeout_seconds=task.timeout_seconds or resources.settings.task_timeout_seconds,
         ),
     )
+    admission = submitted.admission
     replay = {"idempotent_replay": True} if admission.duplicate else {}
     if wait is not None:
-        run = await runner.wait(session, admission.run_id, wait)
-        if run.status.terminal:
-            body = run.public() | {"execution_id": task.execution_id} | replay
+        ended = await wait_for_end(SessionCall(resources, session), submitted, wait)
+        if ended is not None:
+            body = ended | {"execution_id": task.execution_id} | replay
             return JSONResponse(body, status_code=200)
     return JSONResponse(
-        {"execution_id": task.execution_id, "run_id": admission.run_id,
-         "session_id": session_id, "status": admission.status.value} | replay,
+        {
+            "execution_id": task.execution_id,
+            "run_id": admission.run_id,
+            "session_id": session_id,
+            "status": admission.status.value,
+        }
+        | replay,
         status_code=202,
-    )  # fmt: skip
+    )
 
 
 @router.get("/executions/{execution_id}")
-async def get_execution(
-    execution_id: str, resources: ResourcesDep, store: StoreDep
-) -> dict[str, Any]:
+async def get_execution(execution_id: str, resources: InternalDep) -> dict[str, Any]:
     execution = await resources.executions.get(execution_id)
     session = SessionRef.of(execution.tenant, execution.session_id)
-    run = await store.find_by_idempotency_key(session, execution.run_idempotency_key)
+    run = await resources.reads.find_by_idempotency_key(session, execution.run_idempotency_key)
     return run.public() | {"execution_id": execution_id}

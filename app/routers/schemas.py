@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.sessions.models import BusyPolicy
 
-MAX_METADATA_BYTES = 8 * 1024
-
-
-def _metadata_size(value: dict[str, Any]) -> dict[str, Any]:
-    size = len(json.dumps(value, separators=(",", ":")).encode())
-    if size > MAX_METADATA_BYTES:
-        raise ValueError(f"metadata is {size} bytes serialized; at most {MAX_METADATA_BYTES}")
-    return value
-
-
-MetadataField = Annotated[dict[str, Any], AfterValidator(_metadata_size)]
+MetadataField = dict[str, Any]
+"""Free JSON for the agent; its size is checked where it is serialised, at admission."""
 
 
 class MessageIn(BaseModel):

@@ -7,10 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
 
-from app.deps import ResourcesDep, RunnerDep, SessionDep, StoreDep
-from app.errors import IdempotencyConflictError
+from app.deps import SessionCall, SessionDep
+from app.errors import IdempotencyConflictError, RedisUnavailableError
 from app.routers.schemas import MessageIn
 from app.sessions.models import BusyPolicy, NewRun
+from app.sessions.service import Submitted
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -19,17 +20,26 @@ WaitQuery = Annotated[
 ]
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=200,
+        description="Retrying with the same key within a minute answers as the first call did.",
+    ),
+]
+
+
 @router.post("/{session_id}/messages", status_code=202)
 async def post_message(
     body: MessageIn,
-    session: SessionDep,
-    runner: RunnerDep,
-    resources: ResourcesDep,
+    call: SessionDep,
     wait: WaitQuery = None,
-    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JSONResponse:
     if body.idempotency_key and idempotency_key and body.idempotency_key != idempotency_key:
         raise IdempotencyConflictError("the Idempotency-Key header and body field differ")
+    resources, session = call.resources, call.session
     new = NewRun(
         text=body.text,
         agent_id=resources.agents.resolve(body.agent_id),
@@ -37,11 +47,13 @@ async def post_message(
         metadata=body.metadata,
         idempotency_key=body.idempotency_key or idempotency_key,
     )
-    admission = await runner.submit(session, new)
+    submitted = await resources.sessions.submit(session, new)
+    admission = submitted.admission
+    extra = {"idempotent_replay": True} if admission.duplicate else {}
     if wait is not None:
-        run = await runner.wait(session, admission.run_id, wait)
-        if run.status.terminal:
-            return JSONResponse(run.public() | _replay(admission.duplicate), status_code=200)
+        ended = await wait_for_end(call, submitted, wait)
+        if ended is not None:
+            return JSONResponse(ended | extra, status_code=200)
     return JSONResponse(
         {
             "run_id": admission.run_id,
@@ -49,48 +61,61 @@ async def post_message(
             "status": admission.status.value,
             "queue_position": admission.queue_position,
         }
-        | _replay(admission.duplicate),
+        | extra,
         status_code=202,
     )
 
 
+async def wait_for_end(
+    call: SessionCall, submitted: Submitted, wait: float
+) -> dict[str, Any] | None:
+    """The admitted run once ended (None if it has not by then). Redis failing while we
+    wait is no error: the message was admitted, and the 202 answer says which run it is."""
+    admission = submitted.admission
+    if admission.run is not None and admission.run.status.terminal:
+        return admission.run.public()
+    try:
+        run = await call.resources.sessions.wait(
+            call.session, admission.run_id, wait, local=submitted.local
+        )
+    except RedisUnavailableError:
+        return None
+    return run.public() if run.status.terminal else None
+
+
 @router.get("/{session_id}")
-async def get_session(session: SessionDep, store: StoreDep) -> dict[str, Any]:
-    return (await store.view(session)).public()
+async def get_session(call: SessionDep) -> dict[str, Any]:
+    return (await call.resources.reads.view(call.session)).public()
 
 
 @router.get("/{session_id}/runs")
 async def list_runs(
-    session: SessionDep,
-    store: StoreDep,
+    call: SessionDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
-    runs = await store.list_runs(session, offset, limit + 1)
+    runs = await call.resources.reads.list_runs(call.session, offset, limit + 1)
     more = len(runs) > limit
     return {
-        "session_id": session.session_id,
+        "session_id": call.session.session_id,
         "runs": [run.public() for run in runs[:limit]],
         "next_offset": offset + limit if more else None,
     }
 
 
 @router.get("/{session_id}/transcript")
-async def get_transcript(session: SessionDep, store: StoreDep) -> dict[str, Any]:
-    generation, turns = await store.transcript(session)
-    return {"session_id": session.session_id, "generation": generation, "turns": turns}
+async def get_transcript(call: SessionDep) -> dict[str, Any]:
+    generation, turns = await call.resources.reads.transcript(call.session)
+    return {"session_id": call.session.session_id, "generation": generation, "turns": turns}
 
 
 @router.post("/{session_id}/stop")
-async def stop_session(session: SessionDep, store: StoreDep) -> dict[str, Any]:
-    return {"session_id": session.session_id, "cancelled": await store.stop(session)}
+async def stop_session(call: SessionDep, idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
+    cancelled = await call.resources.control.stop(call.session, idempotency_key)
+    return {"session_id": call.session.session_id, "cancelled": cancelled}
 
 
 @router.post("/{session_id}/reset")
-async def reset_session(session: SessionDep, store: StoreDep) -> dict[str, Any]:
-    generation, cancelled = await store.reset(session)
-    return {"session_id": session.session_id, "generation": generation, "cancelled": cancelled}
-
-
-def _replay(duplicate: bool) -> dict[str, Any]:
-    return {"idempotent_replay": True} if duplicate else {}
+async def reset_session(call: SessionDep, idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
+    generation, cancelled = await call.resources.control.reset(call.session, idempotency_key)
+    return {"session_id": call.session.session_id, "generation": generation, "cancelled": cancelled}

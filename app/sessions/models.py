@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -60,16 +59,20 @@ class Run:
     finished_at: int | None = None
     fence: int | None = None
     worker: str | None = None
-    cancel_requested: str | None = None
     timeout_seconds: float | None = None
     subscription: str | None = None
 
+    attempt: int = 1
+
     @classmethod
-    def from_hash(cls, fields: dict[str, str]) -> Run:
+    def from_record(cls, fields: dict[str, Any]) -> Run:
+        """A run from its stored record (what was asked merged with how it went)."""
+
         def number(name: str) -> int | None:
             value = fields.get(name)
             return int(value) if value else None
 
+        timeout_ms = fields.get("timeout_ms")
         return cls(
             run_id=fields["run_id"],
             tenant=fields["tenant"],
@@ -77,7 +80,7 @@ class Run:
             status=RunStatus(fields["status"]),
             input=fields.get("input", ""),
             agent_id=fields.get("agent_id", ""),
-            metadata=json.loads(fields.get("metadata") or "{}"),
+            metadata=fields.get("metadata") or {},
             generation=int(fields.get("generation") or 1),
             output=fields.get("output") or None,
             error=fields.get("error") or None,
@@ -86,9 +89,9 @@ class Run:
             finished_at=number("finished_at"),
             fence=number("fence"),
             worker=fields.get("worker") or None,
-            cancel_requested=fields.get("cancel_requested") or None,
-            timeout_seconds=int(fields["timeout_ms"]) / 1000 if fields.get("timeout_ms") else None,
+            timeout_seconds=int(timeout_ms) / 1000 if timeout_ms else None,
             subscription=fields.get("subscription") or None,
+            attempt=int(fields.get("attempt") or 1),
         )
 
     def public(self) -> dict[str, Any]:
@@ -114,21 +117,23 @@ class Run:
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """The outcome of posting a message: the new run, and the run this worker must start."""
+    """The outcome of posting a message: the new run (`run` when the answer carried it:
+    a duplicate's existing run), and the hold this worker must run."""
 
     run_id: str
     status: RunStatus
     queue_position: int
     duplicate: bool = False
     start: StartedHold | None = None
+    run: Run | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class StartedHold:
-    """The session lease this worker was granted, and the first run it must execute."""
+    """A session lease this worker was granted, and the first run it must execute (under
+    the fence `first_run.fence`)."""
 
     token: str
-    fence: int
     granted_at: float
     first_run: Run
 

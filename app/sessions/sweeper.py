@@ -1,12 +1,11 @@
 """Recovery of sessions whose holder died: every worker runs a sweeper; one sweeps at a time.
 
-A session enters the index of sessions with work at each admission (before the admission
-itself, so a session that has work is always indexed). Each interval, the worker that wins
-the sweep lease walks the index: a session whose lease expired while it still had a run
-marked running or runs queued is taken over (the running one ends `lost`, or runs once
-more with LEASEGATE_RETRY_LOST_RUNS, and the queue is drained); a session with nothing to
-do is dropped from the index, unless it was admitted again meanwhile or too recently to be
-sure its admission has landed.
+Each interval, the worker that wins the sweep lease walks the index of sessions with work
+(`index`): a session whose lease expired while it still had a run marked running or runs
+queued is taken over (a run whose agent never confirmed a start is started again; one
+that had started ends `lost`, or runs once more with LEASEGATE_RETRY_LOST_RUNS), and its
+queue is drained here; a session with nothing to do is dropped from the index, unless it
+was admitted again meanwhile or too recently to be sure its admission has landed.
 
 Worst case from a SIGKILL to the take-over: the lease TTL plus one sweep interval.
 """
@@ -21,31 +20,31 @@ import time
 from app.errors import LeasegateError
 from app.locks import LeaseManager
 from app.metrics import Metrics
+from app.sessions.index import SessionIndex
 from app.sessions.models import StartedHold
-from app.sessions.runner import SessionRunner
-from app.sessions.store import SessionStore
+from app.sessions.service import Sessions
 from app.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 SWEEP_LEASE = "sweeper"
-PAGE = 500
+PAGE = 1000
 MAX_PER_SWEEP = 20_000
 
 
 class Sweeper:
     def __init__(
         self,
-        store: SessionStore,
-        runner: SessionRunner,
+        index: SessionIndex,
+        sessions: Sessions,
         leases: LeaseManager,
         metrics: Metrics,
         *,
         interval: float,
         idle_grace: float,
     ) -> None:
-        self._store = store
-        self._runner = runner
+        self._index = index
+        self._sessions = sessions
         self._leases = leases
         self._metrics = metrics
         self._interval = interval
@@ -76,24 +75,26 @@ class Sweeper:
     async def sweep(self) -> int:
         """One pass over the index, if no other worker swept within the interval.
         Returns the number of sessions taken over."""
-        if self._runner.closing:
+        if self._sessions.closing:
             return 0
         if await self._leases.acquire(SWEEP_LEASE, ttl=self._interval * 0.8) is None:
             return 0
         taken = 0
         for offset in range(0, MAX_PER_SWEEP, PAGE):
-            page = await self._store.indexed_sessions(offset, PAGE)
-            outcomes = await self._store.recover_many([session for session, _ in page])
+            page = await self._index.page(offset, PAGE)
+            if not page:
+                break
+            outcomes = await self._index.recover([session for session, _ in page])
             stale_before = time.time() * 1000 - self._idle_grace_ms
             idle = []
             for (session, score), outcome in zip(page, outcomes, strict=True):
                 if isinstance(outcome, StartedHold):
                     taken += 1
                     self._metrics.sweeper_recoveries.inc()
-                    self._runner.adopt(session, outcome)
+                    self._sessions.adopt(session, outcome)
                 elif outcome is None and score < stale_before:
                     idle.append((session, score))
-            await self._store.forget(idle)
+            await self._index.forget(idle)
             if len(page) < PAGE:
                 break
         if taken:

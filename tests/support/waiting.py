@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 
+from app.keys import session_keys
+
 POLL = 0.005
 
 
@@ -35,3 +37,10 @@ async def written_keys(redis: Redis) -> list[str]:
     """The keys requests wrote: all but the sweeper's lease, which any running server's
     sweeper takes in the background whatever the test does."""
     return [k.decode() async for k in redis.scan_iter() if not k.startswith(b"lg:{sweeper}:")]
+
+
+async def start_confirmed(redis: Redis, tenant: str, session_id: str, run_id: str) -> bool:
+    """Whether the holder confirmed that `run_id`'s agent started (after that, a holder
+    that dies leaves the run `lost`; before, the run is started again)."""
+    confirmed = await redis.hget(session_keys(tenant, session_id).state, "confirmed")
+    return confirmed == run_id.encode()

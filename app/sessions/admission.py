@@ -1,0 +1,222 @@
+"""Admission: a message becomes a run that starts at once, waits in the queue, or is refused,
+in one script; the session enters the index of sessions with work in the same round trip.
+
+A re-sent admission (the client lost the first reply) is recognised by its run id, which
+the first call stored, before anything else is looked at, so it is answered as the first
+call was, also when it carries an idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from app.errors import (
+    MetadataTooLargeError,
+    QueueFullError,
+    RedisUnavailableError,
+    SessionBusyError,
+)
+from app.keys import ACTIVE_SESSIONS
+from app.redis import as_text, guarded, is_cluster
+from app.sessions.lua import Code, Limits, Script, decode_run_pair
+from app.sessions.models import Admission, NewRun, Run, RunStatus, StartedHold
+from app.sessions.ref import SessionRef
+
+MAX_METADATA_BYTES = 8 * 1024
+
+# KEYS: SessionKeys.all
+# ARGV[1] token, ARGV[2] run id, ARGV[3] busy policy, ARGV[4] idempotency digest ('' for
+#   none), ARGV[5] worker, ARGV[6] the run's record: what was asked (JSON), ARGV[7] '1' to
+#   resolve an admission whose reply never came: answer as it did if it ran, else make sure
+#   it never will (a tombstone under its run id) and answer {ABORTED}
+# Returns, to the first call and to any re-send of it (same run id and token):
+#   {STARTED, position, first run's two fields}: the caller holds the lease and must run
+#     `first` (the new run, or the head of a queue a lost holder left behind);
+#   {QUEUED, position, active run id}; {DUPLICATE, the existing run's two fields};
+#   {REJECTED, active run id}; {QUEUE_FULL, queue length}
+ADMIT = """
+local function main()
+  local token, run_id, policy, digest = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+  local mine = load_run(run_id)
+  if mine then
+    -- This very call already ran and its reply was lost: answer as it did.
+    if mine.status == 'aborted' then return {ABORTED} end
+    local active = redis.call('HGET', K_STATE, 'active_run') or ''
+    local index = redis.call('LPOS', K_QUEUE, run_id)
+    if redis.call('GET', K_LEASE) == token and active ~= '' then
+      local position = 0
+      if index then position = index + 1 end
+      return append({STARTED, position}, flat(active, load_run(active)))
+    end
+    return {QUEUED, index and index + 1 or 0, active}
+  end
+  if ARGV[7] == '1' then
+    local now = now_us()
+    save_run(run_id, {status = 'aborted', created_at = now})
+    redis.call('ZADD', K_ORDER, now, run_id)
+    return {ABORTED}
+  end
+  if digest ~= '' then
+    local existing = redis.call('HGET', K_RUNS, 'idem:' .. digest)
+    local run = existing and load_run(existing)
+    if run then return append({DUPLICATE}, flat(existing, run)) end
+  end
+  local state = redis.call('HMGET', K_STATE, 'generation', 'active_run')
+  local generation, active = state[1] or '1', state[2] or ''
+  local granted = redis.call('SET', K_LEASE, token, 'NX', 'PX', LEASE_TTL_MS)
+  if not granted then
+    if policy == 'reject' then return {REJECTED, active} end
+    local length = redis.call('LLEN', K_QUEUE)
+    if length >= QUEUE_CAP then return {QUEUE_FULL, length} end
+  end
+  local now = now_us()
+  forget_expired(now)
+  local run = {status = 'queued', created_at = now, generation = generation, attempt = '1'}
+  if digest ~= '' then
+    run.idem = digest
+    redis.call('HSET', K_RUNS, run_id, ARGV[6], 'idem:' .. digest, run_id)
+  else
+    redis.call('HSET', K_RUNS, run_id, ARGV[6])
+  end
+  redis.call('ZADD', K_ORDER, now, run_id)
+  emit('queued', run_id, '')
+  if not granted then
+    save_run(run_id, run)
+    retain()
+    if policy == 'interrupt' then
+      redis.call('LPUSH', K_QUEUE, run_id)
+      if active ~= '' then request_stop(active, 'interrupted') end
+      return {QUEUED, 1, active}
+    end
+    return {QUEUED, redis.call('RPUSH', K_QUEUE, run_id), active}
+  end
+  -- Granted: this worker holds the session now. A run still marked running belonged to
+  -- a holder whose lease expired; the queue it left goes first.
+  redis.call('HSET', K_STATE, 'holder', ARGV[5], 'generation', generation)
+  settle_orphan(now)
+  local first_id, first, position
+  if redis.call('LLEN', K_QUEUE) == 0 then
+    first_id, first = start(run_id, run, now)
+    position = 0
+  else
+    save_run(run_id, run)
+    position = redis.call('RPUSH', K_QUEUE, run_id) - 1
+    first_id, first = pop_next(now)
+  end
+  retain()
+  return append({STARTED, position}, flat(first_id, first))
+end
+"""
+
+
+class Admissions:
+    def __init__(self, redis: Redis, limits: Limits, *, worker: str) -> None:
+        self._redis = redis
+        self._timeout = limits.call_timeout
+        self._script = Script(redis, ADMIT, limits, name="admit")
+        self._queue_cap = limits.queue_cap
+        self._worker = worker
+
+    @property
+    def scripts(self) -> list[Script]:
+        return [self._script]
+
+    async def admit(self, session: SessionRef, new: NewRun, run_id: str, token: str) -> Admission:
+        """Admit `new` as run `run_id`; calling again with the same run id and token (after
+        an error that left the outcome unknown) answers as the first call did."""
+        admission = await self._call(session, new, run_id, token, resolve=False)
+        if admission is None:  # `resolve` got there first and settled it: not admitted
+            raise RedisUnavailableError("the admission was given up after Redis answered late")
+        return admission
+
+    async def resolve(
+        self, session: SessionRef, new: NewRun, run_id: str, token: str
+    ) -> Admission | None:
+        """After `admit` raised without an answer: the admission as it was made, or None
+        when it was not, and now never will be."""
+        return await self._call(session, new, run_id, token, resolve=True)
+
+    async def _call(
+        self, session: SessionRef, new: NewRun, run_id: str, token: str, *, resolve: bool
+    ) -> Admission | None:
+        metadata = json.dumps(new.metadata, separators=(",", ":"))  # the one serialisation
+        if len(metadata) > MAX_METADATA_BYTES:  # ASCII: characters are bytes
+            raise MetadataTooLargeError(len(metadata), MAX_METADATA_BYTES)
+        asked = {
+            "run_id": run_id,
+            "tenant": session.tenant,
+            "session_id": session.session_id,
+            "input": new.text,
+            "agent_id": new.agent_id,
+            "busy_policy": new.busy_policy.value,
+            "idempotency_key": new.idempotency_key or "",
+            "timeout_ms": round(new.timeout_seconds * 1000) if new.timeout_seconds else "",
+        }
+        digest = _digest(new.idempotency_key) if new.idempotency_key else ""
+        record = f'{json.dumps(asked)[:-1]},"metadata":{metadata}}}'
+        args = [
+            token,
+            run_id,
+            new.busy_policy.value,
+            digest,
+            self._worker,
+            record,
+            "1" if resolve else "0",
+        ]
+        sent = asyncio.get_running_loop().time()
+        reply = await self._indexed(session, session.keys.all, args)
+        return self._decode(session, reply, run_id, token, sent)
+
+    def _decode(
+        self, session: SessionRef, reply: list[Any], run_id: str, token: str, sent: float
+    ) -> Admission | None:
+        code = Code(reply[0])
+        if code == Code.ABORTED:
+            return None
+        if code == Code.STARTED:
+            first = Run.from_record(decode_run_pair(reply[2], reply[3]))
+            status = RunStatus.RUNNING if first.run_id == run_id else RunStatus.QUEUED
+            return Admission(run_id, status, int(reply[1]), start=StartedHold(token, sent, first))
+        if code == Code.QUEUED:
+            return Admission(run_id, RunStatus.QUEUED, int(reply[1]))
+        if code == Code.DUPLICATE:
+            existing = Run.from_record(decode_run_pair(reply[1], reply[2]))
+            return Admission(existing.run_id, existing.status, 0, duplicate=True, run=existing)
+        if code == Code.REJECTED:
+            raise SessionBusyError(session.session_id, as_text(reply[1]) or None)
+        if code == Code.QUEUE_FULL:
+            raise QueueFullError(session.session_id, self._queue_cap)
+        raise RuntimeError(f"unexpected admission code {code!r}")
+
+    async def _indexed(self, session: SessionRef, keys: list[str], args: list[Any]) -> Any:
+        """Index the session, then admit, in one round trip.
+
+        The index entry is written first: a crash after it leaves an entry the sweeper
+        drops; a crash after the admission leaves the session indexed, so it is found.
+        """
+        index = {session.member: round(time.time() * 1000)}
+        if is_cluster(self._redis):
+            # The index and the session live on different nodes, and a cluster pipeline
+            # sends to each node at once: index first takes two steps here.
+            await guarded(self._redis.zadd(ACTIVE_SESSIONS, index), self._timeout)
+            return await self._script(keys, args)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(ACTIVE_SESSIONS, index)
+            pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+            _, reply = await guarded(pipe.execute(raise_on_error=False), self._timeout)
+        if isinstance(reply, NoScriptError):  # after a Redis restart: load it and run again
+            return await self._script(keys, args)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:32]

@@ -1,0 +1,240 @@
+"""The holder of one session: runs its runs one after another until the session is free.
+
+The worker whose admission (or recovery) was granted the session lease runs the session's
+runs in a loop, never by recursion and never by handing the lease to another owner. After
+each run, one script records the outcome and starts the next queued run, or releases the
+session if none is queued, so a message that arrives at that instant is either started
+by this holder or is granted the lease itself.
+
+Stop, cancel and interrupt reach the holder from any worker over the control channel and
+through the renewals. A reset, or a lease lost any other way, makes every later write of
+this holder stale: it stops the run and leaves the session alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from app import logs
+from app.errors import LeaseLostError, LeaseNotOwnedError, RedisUnavailableError
+from app.locks import Lease
+from app.metrics import Metrics
+from app.sessions.control import Control
+from app.sessions.deltas import DeltaBuffer
+from app.sessions.models import Run, RunStatus, StartedHold
+from app.sessions.reads import Reads
+from app.sessions.ref import SessionRef
+from app.sessions.renewal import Held, Renewals
+from app.sessions.waiters import Waiters
+from app.sessions.writes import AfterFinish, Finished, HolderWrites
+from app.subscriptions.agent_call import AgentCalls
+
+log = logging.getLogger(__name__)
+
+FINISH_RETRY_DELAY = 0.1
+
+STOP_STATUS = {
+    "cancelled": RunStatus.CANCELLED,
+    "interrupted": RunStatus.INTERRUPTED,
+    "timed_out": RunStatus.TIMED_OUT,
+}
+
+
+@dataclass(slots=True)
+class ActiveRun:
+    run: Run
+    task: asyncio.Task[None] | None = None
+    parts: list[str] = field(default_factory=list)
+    stop_reason: str | None = None
+    subscription: str | None = None
+    deltas: DeltaBuffer | None = None
+
+    @property
+    def replied(self) -> bool:
+        return bool(self.parts)
+
+    def add(self, delta: str) -> None:
+        self.parts.append(delta)
+        if self.deltas is not None:
+            self.deltas.add(delta)
+
+    def stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        if self.task is not None:
+            self.task.cancel()
+
+
+@dataclass(slots=True)
+class HolderDeps:
+    """What every holder of a worker shares."""
+
+    writes: HolderWrites
+    renewals: Renewals
+    calls: AgentCalls
+    reads: Reads
+    control: Control
+    waiters: Waiters
+    metrics: Metrics
+    lease_ttl: float
+    active: dict[str, ActiveRun]
+    early_stop: Callable[[str], str | None]
+    """The stop signal that reached this worker before the run it names started here."""
+    closing: Callable[[], bool]
+
+
+async def hold(deps: HolderDeps, session: SessionRef, hold: StartedHold) -> None:
+    """Run the session's runs, from `hold.first_run`, until the session is released."""
+    first = hold.first_run
+    lease = Lease(
+        session.keys.lease,
+        hold.token,
+        first.fence or 0,
+        deps.lease_ttl,
+        hold.granted_at + deps.lease_ttl,
+    )
+    current: list[ActiveRun] = []
+
+    def on_stop(run_id: str, reason: str) -> None:
+        active = deps.active.get(run_id)
+        if active is not None and active.stop_reason is None:
+            log.info(
+                "session %s: stop request for run %s read by the renewal",
+                session.session_id,
+                run_id,
+            )
+            active.stop(reason)
+
+    def on_lost(_: LeaseLostError) -> None:
+        for active in current:
+            active.stop("lost")
+
+    held = Held(session, lease, on_stop, on_lost)
+    deps.renewals.add(held)
+    logs.replace(tenant=session.tenant, session=session.session_id, fence=lease.fence)
+    try:
+        run: Run | None = first
+        while run is not None:
+            lease.fence = run.fence or lease.fence
+            outcome = await _execute(deps, session, held, run, current)
+            if outcome is None:
+                deps.waiters.wake(run.run_id)
+                return
+            after = await _finish(deps, session, lease, run, outcome)
+            if after is None:
+                deps.waiters.wake(run.run_id)
+                return
+            deps.waiters.deliver(after.ended)
+            run = after.next_run
+            if run is None and after.queued:
+                await _wake_another(deps, session, after.queued)
+    finally:
+        deps.renewals.discard(held)
+
+
+async def _execute(
+    deps: HolderDeps, session: SessionRef, held: Held, run: Run, current: list[ActiveRun]
+) -> Finished | None:
+    """Run the agent while the lease is renewed; None when the lease was lost."""
+    logs.bind(run=run.run_id, fence=held.lease.fence)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    active = ActiveRun(run)
+    active.deltas = DeltaBuffer(
+        functools.partial(deps.writes.delta, session, held.lease, run.run_id)
+    )
+    deps.active[run.run_id] = active
+    current[:] = [active]
+    history = functools.partial(deps.reads.history, session)
+    active.task = asyncio.create_task(deps.calls.run(run, history, active))
+    early = deps.early_stop(run.run_id)
+    if held.lost is not None:
+        active.stop("lost")
+    elif early is not None or deps.closing():
+        active.stop(early or "interrupted")
+    deps.renewals.confirm(held, run.run_id)
+    deadline = None
+    if run.timeout_seconds is not None:
+        deadline = loop.call_later(run.timeout_seconds, active.stop, "timed_out")
+    try:
+        await asyncio.wait([active.task])
+    finally:
+        if deadline is not None:
+            deadline.cancel()
+        active.task.cancel()  # only does something when this holder itself is cancelled
+        deps.active.pop(run.run_id, None)
+        current.clear()
+    await active.deltas.drain()
+    if active.stop_reason in ("lost", "reset") or held.lost is not None:
+        deps.metrics.stale_writes.inc()
+        log.warning(
+            "session %s: run %s ends without writing: lease lost (fence %d)",
+            session.session_id,
+            run.run_id,
+            held.lease.fence,
+        )
+        return None
+    outcome = _outcome(active)
+    deps.metrics.run_duration.labels(outcome.status.value).observe(loop.time() - started)
+    return outcome
+
+
+def _outcome(active: ActiveRun) -> Finished:
+    assert active.task is not None
+    output = "".join(active.parts)
+    subscription = active.subscription or ""
+    if active.task.cancelled():
+        status = STOP_STATUS.get(active.stop_reason or "", RunStatus.CANCELLED)
+        return Finished(status, output, f"run {status.value}", subscription)
+    error = active.task.exception()
+    if error is not None:
+        log.warning("run %s failed: %s", active.run.run_id, error)
+        return Finished(RunStatus.FAILED, output, str(error) or type(error).__name__, subscription)
+    return Finished(RunStatus.COMPLETED, output, "", subscription)
+
+
+async def _finish(
+    deps: HolderDeps, session: SessionRef, lease: Lease, run: Run, outcome: Finished
+) -> AfterFinish | None:
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            after = await deps.writes.finish(session, lease, run, outcome, release=deps.closing())
+        except LeaseNotOwnedError:
+            deps.metrics.stale_writes.inc()
+            log.warning(
+                "session %s: outcome of run %s refused: fence %d is stale",
+                session.session_id,
+                run.run_id,
+                lease.fence,
+            )
+            return None
+        except RedisUnavailableError:
+            if loop.time() + FINISH_RETRY_DELAY >= lease.valid_until - lease.ttl / 5:
+                log.error(
+                    "session %s: outcome of run %s not recorded, Redis unreachable; "
+                    "the run will be recovered as lost",
+                    session.session_id,
+                    run.run_id,
+                )
+                return None
+            await asyncio.sleep(FINISH_RETRY_DELAY)
+            continue
+        deps.metrics.runs_finished.labels(outcome.status.value).inc()
+        return after
+
+
+async def _wake_another(deps: HolderDeps, session: SessionRef, queued: int) -> None:
+    log.info(
+        "session %s released on shutdown with %d runs queued; waking another worker",
+        session.session_id,
+        queued,
+    )
+    try:
+        await deps.control.wake(session)
+    except RedisUnavailableError:
+        log.warning("session %s: wake-up not sent; the sweeper will take it", session.session_id)

@@ -1,0 +1,261 @@
+"""What every session script shares: result codes, baked-in constants, Lua helpers.
+
+Every session script takes the same KEYS (`SessionKeys.all`: lease, state, queue, runs,
+order, transcript, events; control scripts add their reply key as KEYS[8]), so each one
+declares every key it touches. Result codes come from `Code`, generated into the Lua;
+limits and channels are baked into the script text when it is registered (`bake`), so no
+call sends them. Each script's body is a function `main()`; the shared epilogue then sends
+the events it emitted with one PUBLISH.
+
+Run records live in the `runs` hash in two fields: `<id>` holds what was asked (JSON made
+by the admitting worker; scripts only read `input` from it) and `<id>:s` how it went (JSON
+of strings only, kept by the scripts). Timestamps are Redis' clock in microseconds.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from app.keys import CONTROL_CHANNEL
+from app.redis import guarded
+
+
+class Code(IntEnum):
+    STARTED = 0
+    QUEUED = 1
+    REJECTED = 2
+    QUEUE_FULL = 3
+    DUPLICATE = 4
+    STALE = 5
+    NEXT = 6
+    RELEASED = 7
+    NOT_FOUND = 8
+    TERMINAL = 9
+    CANCEL_REQUESTED = 10
+    CANCELLED = 11
+    OK = 12
+    NOT_OWNED = 13
+    BUSY = 14
+    IDLE = 15
+    ABORTED = 16
+
+
+EVENTS_MAX_LENGTH = 1000
+EVENTS_TTL_MS = 24 * 3600 * 1000
+REPLY_TTL_MS = 60_000
+"""How long a control script's answer is kept for a re-send of the same request."""
+MAX_ATTEMPTS = 3
+"""A run whose holder died before confirming that its agent started is started again, up
+to this many attempts in all; then it ends `lost`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The settings a session script needs, baked into its text at registration, and the
+    time a call may take, its re-sends included (not baked)."""
+
+    lease_ttl_ms: int
+    retention_ms: int
+    queue_cap: int
+    retry_lost: bool
+    call_timeout: float | None = None
+
+
+def bake(body: str, limits: Limits) -> str:
+    constants: dict[str, Any] = {
+        **{code.name: int(code) for code in Code},
+        "LEASE_TTL_MS": limits.lease_ttl_ms,
+        "RETENTION_MS": limits.retention_ms,
+        "QUEUE_CAP": limits.queue_cap,
+        "RETRY_LOST": limits.retry_lost,
+        "MAX_ATTEMPTS": MAX_ATTEMPTS,
+        "EVENTS_MAX_LENGTH": EVENTS_MAX_LENGTH,
+        "EVENTS_TTL_MS": EVENTS_TTL_MS,
+        "REPLY_TTL_MS": REPLY_TTL_MS,
+        "CONTROL_CHANNEL": CONTROL_CHANNEL,
+    }
+    prelude = "".join(f"local {name} = {_lua(value)}\n" for name, value in constants.items())
+    return prelude + HELPERS + body + EPILOGUE
+
+
+def _lua(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value))  # a JSON string literal is a valid Lua string literal
+
+
+class Script:
+    """One registered session script: EVALSHA, loaded again by itself after NOSCRIPT."""
+
+    def __init__(self, redis: Redis, body: str, limits: Limits, *, name: str) -> None:
+        self.name = name
+        self.timeout = limits.call_timeout
+        self._script: AsyncScript = redis.register_script(bake(body, limits))
+        self.sha: str = str(self._script.sha)
+        self.script: str = str(self._script.script)
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        return await guarded(self._script(keys=keys, args=args), self.timeout)
+
+
+HELPERS = """
+local K_LEASE, K_STATE, K_QUEUE, K_RUNS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_ORDER, K_TRANSCRIPT, K_EVENTS = KEYS[5], KEYS[6], KEYS[7]
+local last_event = nil
+
+local function now_us()
+  local t = redis.call('TIME')
+  return t[1] .. string.format('%06d', tonumber(t[2]))
+end
+
+-- Append to the session's event stream; announced once, by the epilogue.
+local function emit(kind, run_id, text)
+  last_event = redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAX_LENGTH, '*',
+                          'type', kind, 'run_id', run_id, 'text', text or '')
+end
+
+local function load_run(run_id)
+  local raw = redis.call('HGET', K_RUNS, run_id .. ':s')
+  if not raw then return nil end
+  return cjson.decode(raw)
+end
+
+local function save_run(run_id, run)
+  redis.call('HSET', K_RUNS, run_id .. ':s', cjson.encode(run))
+end
+
+-- A run as replies carry it: what was asked, and how it went (two JSON strings).
+local function flat(run_id, run)
+  return {redis.call('HGET', K_RUNS, run_id), cjson.encode(run)}
+end
+
+local function append(result, more)
+  for _, v in ipairs(more) do table.insert(result, v) end
+  return result
+end
+
+-- Keep the session's data for the retention period from now; the fence lives in the
+-- state hash, so it never expires while a holder renews, runs wait or data is kept.
+local function retain()
+  redis.call('PEXPIRE', K_STATE, RETENTION_MS)
+  redis.call('PEXPIRE', K_RUNS, RETENTION_MS)
+  redis.call('PEXPIRE', K_ORDER, RETENTION_MS)
+end
+
+-- A queued or running run ends with `status`; no terminal status ever changes.
+local function finish_run(run_id, status, error, now)
+  local run = load_run(run_id)
+  if not run or (run.status ~= 'queued' and run.status ~= 'running') then return nil end
+  run.status, run.finished_at, run.error = status, now, error
+  save_run(run_id, run)
+  emit(status, run_id, error)
+  return run
+end
+
+local function clear_stop()
+  redis.call('HDEL', K_STATE, 'stop_run', 'stop')
+end
+
+local function signal_holder(run_id, reason)
+  redis.call('PUBLISH', CONTROL_CHANNEL,
+             cjson.encode({session = K_STATE, run_id = run_id, reason = reason}))
+end
+
+-- Mark a run running under a fresh fence: every run gets its own, higher than every
+-- earlier run's of the session.
+local function start(run_id, run, now)
+  local fence = redis.call('HINCRBY', K_STATE, 'fence', 1)
+  local holder = redis.call('HGET', K_STATE, 'holder') or ''
+  run.status, run.started_at, run.fence, run.worker = 'running', now, tostring(fence), holder
+  save_run(run_id, run)
+  redis.call('HSET', K_STATE, 'active_run', run_id, 'sent', 0, 'confirmed', '')
+  clear_stop()
+  emit('started', run_id, '')
+  return run_id, run
+end
+
+-- Start the next queued run, or note that none is left.
+local function pop_next(now)
+  while true do
+    local run_id = redis.call('LPOP', K_QUEUE)
+    if not run_id then
+      redis.call('HSET', K_STATE, 'active_run', '')
+      return nil
+    end
+    local run = load_run(run_id)
+    if run and run.status == 'queued' then return start(run_id, run, now) end
+  end
+end
+
+-- Ask the holder to stop the active run: written to the state (the holder's renewal
+-- reads it) and published (the holder hears it at once).
+local function request_stop(run_id, reason)
+  local run = load_run(run_id)
+  if not run or run.status ~= 'running' then return false end
+  redis.call('HSET', K_STATE, 'stop_run', run_id, 'stop', reason)
+  signal_holder(run_id, reason)
+  return true
+end
+
+-- Drop a few runs older than the retention period (ended ones only), with their
+-- idempotency keys.
+local function forget_expired(now)
+  local cutoff = tonumber(now) - RETENTION_MS * 1000
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_ORDER, '-inf', cutoff, 'LIMIT', 0, 8)) do
+    local run = load_run(id)
+    if not run or (run.status ~= 'queued' and run.status ~= 'running') then
+      redis.call('HDEL', K_RUNS, id, id .. ':s')
+      if run and run.idem then redis.call('HDEL', K_RUNS, 'idem:' .. run.idem) end
+      redis.call('ZREM', K_ORDER, id)
+    end
+  end
+end
+
+-- A new holder settles the run a lost holder left marked running: started again (at the
+-- head of the queue) if its agent never confirmed a start, or once more with RETRY_LOST;
+-- else it ends `lost`.
+local function settle_orphan(now)
+  local active = redis.call('HGET', K_STATE, 'active_run') or ''
+  if active == '' then return end
+  local run = load_run(active)
+  if run and run.status == 'running' then
+    local attempt = tonumber(run.attempt or '1')
+    local confirmed = redis.call('HGET', K_STATE, 'confirmed') == active
+    if (not confirmed and attempt < MAX_ATTEMPTS) or (RETRY_LOST and attempt < 2) then
+      run.status, run.attempt, run.started_at, run.fence, run.worker =
+        'queued', tostring(attempt + 1), '', '', ''
+      save_run(active, run)
+      redis.call('LPUSH', K_QUEUE, active)
+    else
+      finish_run(active, 'lost', 'the worker running it stopped renewing its lease', now)
+    end
+  end
+  redis.call('HSET', K_STATE, 'active_run', '')
+  clear_stop()
+end
+
+"""
+
+EPILOGUE = """
+local result = main()
+if last_event then
+  redis.call('PEXPIRE', K_EVENTS, EVENTS_TTL_MS)
+  redis.call('PUBLISH', K_EVENTS, last_event)
+end
+return result
+"""
+
+
+def decode_run_pair(asked: Any, state: Any) -> dict[str, Any]:
+    """A run record from its two stored JSON fields."""
+    record: dict[str, Any] = json.loads(asked)
+    record.update(json.loads(state))
+    return record

@@ -1,0 +1,122 @@
+"""Reading sessions and runs: plain commands, no script, one round trip each."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable
+from typing import Any, TypeVar, cast
+
+from redis.asyncio import Redis
+
+from app.agents import Turn
+from app.errors import RunNotFoundError, SessionNotFoundError
+from app.redis import as_text, guarded
+from app.sessions.ids import locate_run
+from app.sessions.lua import decode_run_pair
+from app.sessions.models import Run, SessionView
+from app.sessions.ref import SessionRef
+
+T = TypeVar("T")
+
+
+class Reads:
+    def __init__(self, redis: Redis, *, timeout: float | None = None) -> None:
+        self._redis = redis
+        self._timeout = timeout
+
+    async def _call(self, awaitable: Awaitable[T]) -> T:
+        return await guarded(awaitable, self._timeout)
+
+    def locate(self, run_id: str, tenant: str) -> SessionRef:
+        """The session of a run id, if it belongs to `tenant` (else RunNotFoundError)."""
+        run_tenant, session_id = locate_run(run_id)
+        if run_tenant != tenant:
+            raise RunNotFoundError(run_id)
+        return SessionRef.of(run_tenant, session_id)
+
+    async def get_run(self, session: SessionRef, run_id: str) -> Run:
+        asked, state = await self._call(
+            self._redis.hmget(session.keys.runs, [run_id, f"{run_id}:s"])
+        )
+        if asked is None or state is None:
+            raise RunNotFoundError(run_id)
+        return Run.from_record(decode_run_pair(asked, state))
+
+    async def find_by_idempotency_key(self, session: SessionRef, key: str) -> Run:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:32]
+        run_id = await self._call(self._redis.hget(session.keys.runs, f"idem:{digest}"))
+        if run_id is None:
+            raise RunNotFoundError(key)
+        return await self.get_run(session, as_text(run_id))
+
+    async def view(self, session: SessionRef) -> SessionView:
+        keys = session.keys
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.lease.lease)
+            pipe.hmget(keys.state, ["generation", "active_run"])
+            pipe.lrange(keys.queue, 0, -1)
+            busy, (generation, active_id), queued = await self._call(pipe.execute())
+        if generation is None:
+            raise SessionNotFoundError(session.session_id)
+        active = None
+        if active_id:
+            try:
+                active = await self.get_run(session, as_text(active_id))
+            except RunNotFoundError:
+                active = None
+        return SessionView(
+            session_id=session.session_id,
+            busy=bool(busy),
+            active_run=active,
+            queued=[as_text(q) for q in queued],
+            generation=int(generation),
+        )
+
+    async def require(self, session: SessionRef) -> None:
+        if not await self._call(self._redis.exists(session.keys.state)):
+            raise SessionNotFoundError(session.session_id)
+
+    async def list_runs(self, session: SessionRef, offset: int, limit: int) -> list[Run]:
+        keys = session.keys
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.state)
+            pipe.zrevrange(keys.order, offset, offset + limit - 1)
+            exists, run_ids = await self._call(pipe.execute())
+        if not exists:
+            raise SessionNotFoundError(session.session_id)
+        if not run_ids:
+            return []
+        fields = [f for run_id in map(as_text, run_ids) for f in (run_id, f"{run_id}:s")]
+        values = await self._call(self._redis.hmget(keys.runs, fields))
+        pairs = zip(values[0::2], values[1::2], strict=True)
+        return [Run.from_record(decode_run_pair(a, s)) for a, s in pairs if a and s]
+
+    async def transcript(self, session: SessionRef) -> tuple[int, list[dict[str, Any]]]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hget(session.keys.state, "generation")
+            pipe.lrange(session.keys.transcript, 0, -1)
+            generation, turns = await self._call(pipe.execute())
+        if generation is None:
+            raise SessionNotFoundError(session.session_id)
+        return int(generation), [json.loads(turn) for turn in turns]
+
+    async def history(self, session: SessionRef) -> list[Turn]:
+        """The current generation's conversation, oldest first, for an agent."""
+        turns = await self._call(self._redis.lrange(session.keys.transcript, 0, -1))
+        return [Turn(**json.loads(turn)) for turn in turns]
+
+    async def events_after(
+        self, session: SessionRef, after: str | None, count: int
+    ) -> list[tuple[str, dict[str, str]]]:
+        """Entries of the session's event stream after id `after` (all, if None)."""
+        start = f"({after}" if after else "-"
+        entries = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            await self._call(self._redis.xrange(session.keys.events, start, "+", count=count)),
+        )
+        return [(as_text(i), {as_text(k): as_text(v) for k, v in f.items()}) for i, f in entries]
+
+    async def last_event_id(self, session: SessionRef) -> str:
+        entries = await self._call(self._redis.xrevrange(session.keys.events, count=1))
+        return as_text(entries[0][0]) if entries else "0-0"

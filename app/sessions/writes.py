@@ -1,0 +1,176 @@
+"""What a holder writes: reply deltas while a run goes on, and its outcome at the end, which
+also starts the next queued run or releases the session (one script: no instant in which
+the session is free while runs wait).
+
+Every write is fenced: refused (STALE) once the session's fence moved past the holder's,
+after a reset or when another worker took the session over. A re-sent write is answered
+as the first one was: FINISH knows its own outcome by the fence it recorded on the run,
+DELTA by the offset of the reply already sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from app.errors import LeaseNotOwnedError
+from app.locks import Lease
+from app.sessions.lua import Code, Limits, Script, decode_run_pair
+from app.sessions.models import Run, RunStatus
+from app.sessions.ref import SessionRef
+
+# KEYS: SessionKeys.all
+# ARGV[1] token, ARGV[2] fence, ARGV[3] run id, ARGV[4] status, ARGV[5] output, ARGV[6]
+#   error, ARGV[7] subscription ('' for none), ARGV[8] '1' to release even with runs queued
+# The part of the output not yet sent as delta events is sent from here; the transcript
+# turns are built here from the stored input and the output.
+# Returns {STALE} when the fence is no longer current (nothing written);
+#   {NEXT, ended run's two fields, next run's two fields} with the lease renewed;
+#   {RELEASED, runs still queued, ended run's two fields}
+FINISH = """
+local function ended(run_id, run)
+  return {redis.call('HGET', K_RUNS, run_id), cjson.encode(run)}
+end
+
+local function main()
+  local token, fence, run_id, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+  local state = redis.call('HMGET', K_STATE, 'fence', 'active_run', 'sent')
+  local run = load_run(run_id)
+  local mine = redis.call('GET', K_LEASE) == token
+  if run and run.closed_by == fence then
+    -- A re-send: the first call recorded this outcome; answer as it did.
+    if mine and state[2] and state[2] ~= '' and state[2] ~= run_id then
+      return append(append({NEXT}, ended(run_id, run)), flat(state[2], load_run(state[2])))
+    end
+    return append({RELEASED, redis.call('LLEN', K_QUEUE)}, ended(run_id, run))
+  end
+  if not mine or state[1] ~= fence or not run then return {STALE} end
+  local now = now_us()
+  local output = ARGV[5]
+  local sent = tonumber(state[3] or '0')
+  if sent < #output then emit('delta', run_id, string.sub(output, sent + 1)) end
+  if run.status == 'running' then
+    run.status, run.output, run.error, run.finished_at = status, output, ARGV[6], now
+    run.subscription, run.closed_by = ARGV[7], fence
+    if status == 'completed' then run.error = '' end
+    save_run(run_id, run)
+    if status == 'completed' or status == 'interrupted' then
+      local asked = cjson.decode(redis.call('HGET', K_RUNS, run_id))
+      local user = cjson.encode({role = 'user', text = asked.input, run_id = run_id})
+      if output ~= '' then
+        local reply = cjson.encode({role = 'assistant', text = output, run_id = run_id})
+        redis.call('RPUSH', K_TRANSCRIPT, user, reply)
+      else
+        redis.call('RPUSH', K_TRANSCRIPT, user)
+      end
+      redis.call('PEXPIRE', K_TRANSCRIPT, RETENTION_MS)
+    end
+    emit(status, run_id, run.error)
+  end
+  retain()
+  if ARGV[8] ~= '1' then
+    local next_id, next_run = pop_next(now)
+    if next_id then
+      redis.call('PEXPIRE', K_LEASE, LEASE_TTL_MS)
+      return append(append({NEXT}, ended(run_id, run)), flat(next_id, next_run))
+    end
+  end
+  redis.call('HSET', K_STATE, 'active_run', '')
+  redis.call('DEL', K_LEASE)
+  return append({RELEASED, redis.call('LLEN', K_QUEUE)}, ended(run_id, run))
+end
+"""
+
+# KEYS: SessionKeys.all
+# ARGV[1] token, ARGV[2] fence, ARGV[3] run id, ARGV[4] offset: bytes of the reply sent
+#   before this text, ARGV[5] text
+# Returns {OK} (also when this text was sent already: a re-send) | {STALE}
+DELTA = """
+local function main()
+  local state = redis.call('HMGET', K_STATE, 'fence', 'sent', 'active_run')
+  if redis.call('GET', K_LEASE) ~= ARGV[1] or state[1] ~= ARGV[2] or state[3] ~= ARGV[3] then
+    return {STALE}
+  end
+  local offset, text, sent = tonumber(ARGV[4]), ARGV[5], tonumber(state[2] or '0')
+  local upto = offset + #text
+  if sent >= upto then return {OK} end
+  emit('delta', ARGV[3], string.sub(text, sent - offset + 1))
+  -- A delta also confirms that the run's agent started.
+  redis.call('HSET', K_STATE, 'sent', upto, 'confirmed', ARGV[3])
+  return {OK}
+end
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The outcome of one run, as its holder writes it."""
+
+    status: RunStatus
+    output: str = ""
+    error: str = ""
+    subscription: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AfterFinish:
+    """The run as recorded, and what the holder does next: run `next_run`, or stop (the
+    session was released, with `queued` runs left behind when released on shutdown)."""
+
+    ended: Run
+    next_run: Run | None
+    queued: int = 0
+
+
+class HolderWrites:
+    def __init__(self, redis: Redis, limits: Limits) -> None:
+        self._finish = Script(redis, FINISH, limits, name="finish")
+        self._delta = Script(redis, DELTA, limits, name="delta")
+
+    @property
+    def scripts(self) -> list[Script]:
+        return [self._finish, self._delta]
+
+    async def finish(
+        self, session: SessionRef, lease: Lease, run: Run, outcome: Finished, *, release: bool
+    ) -> AfterFinish:
+        """Record the outcome and start the next queued run (renewing the lease), or
+        release. Raises LeaseNotOwnedError when the fence is stale: nothing was written."""
+        sent = asyncio.get_running_loop().time()
+        reply = await self._finish(
+            session.keys.all,
+            [
+                lease.token,
+                lease.fence,
+                run.run_id,
+                outcome.status.value,
+                outcome.output,
+                outcome.error,
+                outcome.subscription,
+                "1" if release else "0",
+            ],
+        )
+        code = Code(reply[0])
+        if code == Code.STALE:
+            raise LeaseNotOwnedError(lease.key)
+        if code == Code.NEXT:
+            lease.valid_until = sent + lease.ttl
+            return AfterFinish(_run(reply[1:3]), _run(reply[3:5]))
+        return AfterFinish(_run(reply[2:4]), None, int(reply[1]))
+
+    async def delta(
+        self, session: SessionRef, lease: Lease, run_id: str, offset: int, text: str
+    ) -> None:
+        """Send reply text starting at byte `offset` of the reply; refused for a stale fence."""
+        reply = await self._delta(
+            session.keys.all, [lease.token, lease.fence, run_id, offset, text]
+        )
+        if Code(reply[0]) == Code.STALE:
+            raise LeaseNotOwnedError(lease.key)
+
+
+def _run(pair: list[Any]) -> Run:
+    return Run.from_record(decode_run_pair(pair[0], pair[1]))
