@@ -68,7 +68,7 @@ local function main()
     local run = existing and load_run(existing)
     if run then return append({DUPLICATE}, flat(existing, run)) end
   end
-  local state = redis.call('HMGET', K_STATE, 'generation', 'active_run')
+  local state = redis.call('HMGET', K_STATE, 'generation', 'active_run', 'stop_run')
   local generation, active = state[1] or '1', state[2] or ''
   local granted = redis.call('SET', K_LEASE, token, 'NX', 'PX', LEASE_TTL_MS)
   if not granted then
@@ -99,17 +99,18 @@ local function main()
   end
   -- Granted: this worker holds the session now. A run still marked running belonged to
   -- a holder whose lease expired; the queue it left goes first.
-  redis.call('HSET', K_STATE, 'holder', ARGV[5], 'generation', generation)
-  settle_orphan(now)
-  local first_id, first, position
+  local holder = ARGV[5]
+  settle_orphan(now, active)
+  local stop_pending = active == '' and state[3]
   if redis.call('LLEN', K_QUEUE) == 0 then
-    first_id, first = start(run_id, run, now)
-    position = 0
-  else
-    save_run(run_id, run)
-    position = redis.call('RPUSH', K_QUEUE, run_id) - 1
-    first_id, first = pop_next(now)
+    start(run_id, run, now, holder, {'holder', holder, 'generation', generation}, stop_pending)
+    retain()
+    return append({STARTED, 0}, flat(run_id, run, ARGV[6]))
   end
+  redis.call('HSET', K_STATE, 'holder', holder, 'generation', generation)
+  save_run(run_id, run)
+  local position = redis.call('RPUSH', K_QUEUE, run_id) - 1
+  local first_id, first = pop_next(now, holder, stop_pending)
   retain()
   return append({STARTED, position}, flat(first_id, first))
 end

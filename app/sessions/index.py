@@ -41,8 +41,8 @@ local function main()
   redis.call('SET', K_LEASE, ARGV[1], 'PX', LEASE_TTL_MS)
   redis.call('HSET', K_STATE, 'holder', ARGV[2])
   local now = now_us()
-  settle_orphan(now)
-  local first_id, first = pop_next(now)
+  settle_orphan(now, active)
+  local first_id, first = pop_next(now, ARGV[2], true)
   if not first_id then
     redis.call('DEL', K_LEASE)
     return {IDLE}

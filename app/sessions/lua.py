@@ -133,8 +133,8 @@ local function save_run(run_id, run)
 end
 
 -- A run as replies carry it: what was asked, and how it went (two JSON strings).
-local function flat(run_id, run)
-  return {redis.call('HGET', K_RUNS, run_id), cjson.encode(run)}
+local function flat(run_id, run, asked)
+  return {asked or redis.call('HGET', K_RUNS, run_id), cjson.encode(run)}
 end
 
 local function append(result, more)
@@ -169,21 +169,22 @@ local function signal_holder(run_id, reason)
              cjson.encode({session = K_STATE, run_id = run_id, reason = reason}))
 end
 
--- Mark a run running under a fresh fence: every run gets its own, higher than every
--- earlier run's of the session.
-local function start(run_id, run, now)
+-- Mark a run running for `holder` under a fresh fence: every run gets its own, higher
+-- than every earlier run's of the session. `extra`: more state fields to set at once;
+-- `stop_pending`: whether a stop request of an earlier run is left to clear.
+local function start(run_id, run, now, holder, extra, stop_pending)
   local fence = redis.call('HINCRBY', K_STATE, 'fence', 1)
-  local holder = redis.call('HGET', K_STATE, 'holder') or ''
   run.status, run.started_at, run.fence, run.worker = 'running', now, tostring(fence), holder
   save_run(run_id, run)
-  redis.call('HSET', K_STATE, 'active_run', run_id, 'sent', 0, 'confirmed', '')
-  clear_stop()
+  redis.call('HSET', K_STATE, 'active_run', run_id, 'sent', 0, 'confirmed', '',
+             unpack(extra or {}))
+  if stop_pending then clear_stop() end
   emit('started', run_id, '')
   return run_id, run
 end
 
 -- Start the next queued run, or note that none is left.
-local function pop_next(now)
+local function pop_next(now, holder, stop_pending)
   while true do
     local run_id = redis.call('LPOP', K_QUEUE)
     if not run_id then
@@ -191,7 +192,9 @@ local function pop_next(now)
       return nil
     end
     local run = load_run(run_id)
-    if run and run.status == 'queued' then return start(run_id, run, now) end
+    if run and run.status == 'queued' then
+      return start(run_id, run, now, holder, nil, stop_pending)
+    end
   end
 end
 
@@ -205,11 +208,13 @@ local function request_stop(run_id, reason)
   return true
 end
 
--- Drop a few runs older than the retention period (ended ones only), with their
--- idempotency keys.
+-- Drop runs older than the retention period (ended ones only), with their idempotency
+-- keys: up to 32 at one admission in 16 (by the clock), so a session admitting often
+-- keeps up at little cost.
 local function forget_expired(now)
+  if tonumber(string.sub(now, -4)) % 16 ~= 0 then return end
   local cutoff = tonumber(now) - RETENTION_MS * 1000
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_ORDER, '-inf', cutoff, 'LIMIT', 0, 8)) do
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', K_ORDER, '-inf', cutoff, 'LIMIT', 0, 32)) do
     local run = load_run(id)
     if not run or (run.status ~= 'queued' and run.status ~= 'running') then
       redis.call('HDEL', K_RUNS, id, id .. ':s')
@@ -222,8 +227,7 @@ end
 -- A new holder settles the run a lost holder left marked running: started again (at the
 -- head of the queue) if its agent never confirmed a start, or once more with RETRY_LOST;
 -- else it ends `lost`.
-local function settle_orphan(now)
-  local active = redis.call('HGET', K_STATE, 'active_run') or ''
+local function settle_orphan(now, active)
   if active == '' then return end
   local run = load_run(active)
   if run and run.status == 'running' then

@@ -31,35 +31,32 @@ from app.sessions.ref import SessionRef
 #   {NEXT, ended run's two fields, next run's two fields} with the lease renewed;
 #   {RELEASED, runs still queued, ended run's two fields}
 FINISH = """
-local function ended(run_id, run)
-  return {redis.call('HGET', K_RUNS, run_id), cjson.encode(run)}
-end
-
 local function main()
   local token, fence, run_id, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-  local state = redis.call('HMGET', K_STATE, 'fence', 'active_run', 'sent')
+  local state = redis.call('HMGET', K_STATE, 'fence', 'active_run', 'sent', 'holder', 'stop_run')
   local run = load_run(run_id)
   local mine = redis.call('GET', K_LEASE) == token
   if run and run.closed_by == fence then
     -- A re-send: the first call recorded this outcome; answer as it did.
     if mine and state[2] and state[2] ~= '' and state[2] ~= run_id then
-      return append(append({NEXT}, ended(run_id, run)), flat(state[2], load_run(state[2])))
+      return append(append({NEXT}, flat(run_id, run)), flat(state[2], load_run(state[2])))
     end
-    return append({RELEASED, redis.call('LLEN', K_QUEUE)}, ended(run_id, run))
+    return append({RELEASED, redis.call('LLEN', K_QUEUE)}, flat(run_id, run))
   end
   if not mine or state[1] ~= fence or not run then return {STALE} end
   local now = now_us()
   local output = ARGV[5]
   local sent = tonumber(state[3] or '0')
   if sent < #output then emit('delta', run_id, string.sub(output, sent + 1)) end
+  local asked = redis.call('HGET', K_RUNS, run_id)
   if run.status == 'running' then
     run.status, run.output, run.error, run.finished_at = status, output, ARGV[6], now
     run.subscription, run.closed_by = ARGV[7], fence
     if status == 'completed' then run.error = '' end
     save_run(run_id, run)
     if status == 'completed' or status == 'interrupted' then
-      local asked = cjson.decode(redis.call('HGET', K_RUNS, run_id))
-      local user = cjson.encode({role = 'user', text = asked.input, run_id = run_id})
+      local input = cjson.decode(asked).input
+      local user = cjson.encode({role = 'user', text = input, run_id = run_id})
       if output ~= '' then
         local reply = cjson.encode({role = 'assistant', text = output, run_id = run_id})
         redis.call('RPUSH', K_TRANSCRIPT, user, reply)
@@ -70,17 +67,19 @@ local function main()
     end
     emit(status, run_id, run.error)
   end
-  retain()
+  -- (The session's data was kept at admission and by every renewal since.)
   if ARGV[8] ~= '1' then
-    local next_id, next_run = pop_next(now)
+    local next_id, next_run = pop_next(now, state[4] or '', state[5])
     if next_id then
       redis.call('PEXPIRE', K_LEASE, LEASE_TTL_MS)
-      return append(append({NEXT}, ended(run_id, run)), flat(next_id, next_run))
+      return append(append({NEXT}, flat(run_id, run, asked)), flat(next_id, next_run))
     end
+    redis.call('DEL', K_LEASE)
+    return append({RELEASED, 0}, flat(run_id, run, asked))
   end
   redis.call('HSET', K_STATE, 'active_run', '')
   redis.call('DEL', K_LEASE)
-  return append({RELEASED, redis.call('LLEN', K_QUEUE)}, ended(run_id, run))
+  return append({RELEASED, redis.call('LLEN', K_QUEUE)}, flat(run_id, run, asked))
 end
 """
 
