@@ -61,11 +61,16 @@ def create_app(
 
 def _announce_auth(settings: Settings) -> None:
     if not settings.api_keys:
-        log.warning("no LEASEGATE_API_KEYS: /v1 is open, single-tenant mode (tenant 'default'); "
-                    "set LEASEGATE_REQUIRE_AUTH=true to refuse this")  # fmt: skip
+        log.warning(
+            "no LEASEGATE_API_KEYS: /v1 is open, single-tenant mode (tenant 'default'); "
+            "set LEASEGATE_REQUIRE_AUTH=true to refuse this"
+        )
     else:
         tenants = sorted(set(settings.api_keys.values()))
-        log.info("/v1 requires an API key; %d key(s) for tenants %s", len(settings.api_keys),
-                 ", ".join(tenants))  # fmt: skip
+        log.info(
+            "/v1 requires an API key; %d key(s) for tenants %s",
+            len(settings.api_keys),
+            ", ".join(tenants),
+        )
     if settings.internal_secret is None:
         log.warning("no LEASEGATE_INTERNAL_SECRET: /internal endpoints are disabled (404)")
