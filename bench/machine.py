@@ -172,3 +172,22 @@ class CpuMeter:
         others = used.pop("busy") - sum(used.values())
         cores = {key: value / elapsed for key, value in used.items()}
         return CpuSplit(**cores, others=max(0.0, others) / elapsed)
+
+
+def precise_seconds(pid: int) -> float:
+    """CPU seconds a live process's threads have run, from /proc/<pid>/task/*/schedstat
+    (nanoseconds, where `process_seconds` has clock ticks); threads that have exited are
+    not counted. Falls back to `process_seconds` without schedstat; 0 if the process is
+    gone."""
+    total, found = 0, False
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+            found = True
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9 if found else process_seconds(pid)

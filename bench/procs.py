@@ -1,4 +1,5 @@
-"""Server processes of the service benchmark: uvicorn with N workers, as deployed.
+"""Server processes of the service benchmark: uvicorn with N workers, as deployed
+(leasegate, the naive in-process gateway and the bare endpoint alike).
 
 `uvicorn --factory <factory> --workers N --host 127.0.0.1 --port P`, the output to a log
 file, ready once `/readyz` answers 200 (polled until a deadline), stopped with SIGTERM.
@@ -25,6 +26,7 @@ from app.redis.server import free_port
 
 LEASEGATE = "app.main:create_app"
 BARE = "bench.bare:create_app"
+NAIVE = "bench.naive:create_app"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 PR_SET_PDEATHSIG = 1
@@ -43,7 +45,10 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def worker_pids(self) -> list[int]:
-        """The uvicorn worker processes (children of the supervisor that serve requests)."""
+        """The uvicorn worker processes (children of the supervisor that serve requests);
+        with one worker, uvicorn serves in its own process and starts no child."""
+        if self.workers == 1:
+            return [self.process.pid] if self.process.poll() is None else []
         children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
         try:
             pids = [int(pid) for pid in children.read_text().split()]

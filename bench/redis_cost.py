@@ -1,35 +1,34 @@
-"""What one message costs Redis: commands, round trips, memory.
+"""What leasegate costs Redis: commands, round trips, memory, from INFO counters.
 
 Counters come from INFO: `commandstats` (every command executed, those inside Lua
 scripts included), `total_commands_processed` (the same, summed) and
 `total_reads_processed` (socket reads of client connections: with a request-reply client
 one read is one round trip, a pipeline arriving in one read is one). The benchmark's own
-commands (INFO, ZCARD, ECHO markers) are counted by `Probe` and taken off.
+commands (INFO, ZCARD, ECHO markers, FLUSHALL) are counted by `Probe` and taken off.
 
-`Monitor` records a short sample with MONITOR, split per message by ECHO markers, to
-show the exact sequence: which commands a client sent, and which ran inside a script.
+The exact sequence of commands (MONITOR) is bench/monitor.py's; this module also names
+leasegate's Lua scripts for it.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import re
-import socket
-import threading
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
-from redis.asyncio import Redis as AsyncRedis
 
-from app.keys import ACTIVE_SESSIONS
+try:
+    from app.keys import ACTIVE_SESSIONS
+except ImportError:  # app/ mid-rewrite: the key it has always had
+    ACTIVE_SESSIONS = "lg:sessions:active"
 
-OWN_COMMANDS = {"info", "zcard", "echo", "monitor", "ping"}
+OWN_COMMANDS = {"info", "zcard", "echo", "monitor", "ping", "flushall"}
 MARKER = "bench-message-"
-SWEEPER = {"ZRANGE", "EVALSHA recover", "EVALSHA forget", "EVALSHA acquire"}
-"""What the sweeper sends (`acquire`: its sweep lease; messages take leases by `admit`)."""
-PIPELINE_GAP = 100e-6  # seconds: a pipeline arrives in one read; a new round trip is slower
+"""ECHOed before each message of a MONITOR sample."""
+REPLIED = "bench-replied-"
+"""ECHOed once the message's response has arrived."""
 MONITOR_LINE = re.compile(r'^\+(?P<ts>[\d.]+) \[\d+ (?P<client>[^\]]+)\] "(?P<cmd>[^"]+)"'
                           r'(?: "(?P<arg>[^"]*)")?')  # fmt: skip
 
@@ -91,6 +90,15 @@ class Probe:
         self.sent += 1
         self.client.echo(f"{MARKER}{number}")
 
+    def replied(self, number: int) -> None:
+        self.sent += 1
+        self.client.echo(f"{REPLIED}{number}")
+
+    def flush(self) -> None:
+        """Empty Redis (its script cache stays): only while no server under test runs."""
+        self.sent += 1
+        self.client.flushall()
+
     def pid(self) -> int:
         return int(self.client.info("server")["process_id"])
 
@@ -104,158 +112,99 @@ class Probe:
 # --- script names -----------------------------------------------------------------------
 
 
-def script_names() -> dict[str, str]:
-    """sha1 -> name of every Lua script leasegate registers (as EVALSHA shows it)."""
-    from app.locks.scripts import LeaseScripts
-    from app.sessions.scripts import SessionScripts
-    from app.subscriptions.scripts import SubscriptionScripts
+def script_names(loaded: dict[str, str] | None = None) -> dict[str, str]:
+    """sha1 -> name of leasegate's Lua scripts (as EVALSHA shows them), without relying on
+    how app/ registers them: every module-level string constant in app/ that calls
+    `redis.call` is a candidate, named after its constant (lower case; prefixed with its
+    package when two constants share a name). A script registered as the constant is found
+    by the constant's sha1; one that was built from it (e.g. with constants baked in) is
+    found among `loaded` (sha1 -> source, from the SCRIPT LOAD lines of a MONITOR) as the
+    loaded source that contains it. Unknown scripts are shown by their sha1's first 8
+    characters."""
+    constants = _lua_constants()
+    names = {_sha1(text): name for name, text in constants.items()}
+    loaded = loaded or {}
+    for sha, source in loaded.items():
+        found = [(name, text) for name, text in constants.items() if text.strip() in source]
+        if found and sha not in names:
+            # the most specific constant: the one that the fewest loaded sources contain
+            def spread(item: tuple[str, str]) -> tuple[int, int]:
+                return (sum(item[1].strip() in s for s in loaded.values()), -len(item[1]))
 
-    client = AsyncRedis()  # never connects: registering a script only hashes its source
-    names: dict[str, str] = {}
-    for registry in (SessionScripts, LeaseScripts, SubscriptionScripts):
-        scripts = registry.register(client)
-        for item in dataclasses.fields(scripts):
-            names[getattr(scripts, item.name).sha] = item.name
+            names[sha] = min(found, key=spread)[0]
     return names
 
 
-# --- MONITOR ----------------------------------------------------------------------------
+def _lua_constants() -> dict[str, str]:
+    import importlib
+    import pkgutil
+
+    import app
+
+    found: dict[str, list[tuple[str, str]]] = {}
+    for module_info in pkgutil.walk_packages(app.__path__, "app."):
+        try:
+            module = importlib.import_module(module_info.name)
+        except Exception:  # a module that does not import (e.g. mid-rewrite) names nothing
+            continue
+        for attr, value in vars(module).items():
+            if attr.isupper() and isinstance(value, str) and "redis.call(" in value:
+                package = module_info.name.split(".")[1]
+                found.setdefault(attr.lower(), []).append((package, value))
+    names: dict[str, str] = {}
+    for name, places in found.items():
+        unique = {text: package for package, text in places}
+        for text, package in unique.items():
+            names[f"{package}.{name}" if len(unique) > 1 else name] = text
+    return names
 
 
-@dataclass(frozen=True)
-class Command:
-    at: float
-    client: str
-    name: str
-    arg: str
-
-    @property
-    def in_script(self) -> bool:
-        return self.client == "lua"
+def _sha1(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
-@dataclass
-class Monitor:
-    """MONITOR on its own socket, read by a thread until `stop()`."""
-
-    host: str
-    port: int
-    lines: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-    _ready: threading.Event = field(default_factory=threading.Event)
-
-    def start(self) -> Monitor:
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(5):
-            raise RuntimeError("MONITOR did not start")
-        return self
-
-    def stop(self) -> list[str]:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-        return self.lines
-
-    def _read(self) -> None:
-        with socket.create_connection((self.host, self.port)) as sock:
-            sock.sendall(b"MONITOR\r\n")
-            sock.settimeout(0.1)
-            buffer = b""
-            while not self._stop.is_set():
-                try:
-                    chunk = sock.recv(65536)
-                except TimeoutError:
-                    continue
-                if not chunk:
-                    return
-                buffer += chunk
-                *complete, buffer = buffer.split(b"\r\n")
-                self._keep(complete)
-
-    def _keep(self, lines: list[bytes]) -> None:
-        for line in lines:
-            if line == b"+OK":
-                self._ready.set()
-            else:
-                self.lines.append(line.decode(errors="replace"))
-
-
-def parse_monitor(lines: list[str], scripts: dict[str, str]) -> list[list[Command]]:
-    """The commands between one ECHO marker and the next: one list per message. The
-    sweeper's commands (and those of its scripts) are left out: they are no message's."""
-    messages: list[list[Command]] = []
-    sweeping = False
+def loaded_scripts(lines: list[str]) -> dict[str, str]:
+    """sha1 -> source of every SCRIPT LOAD (and EVAL) in MONITOR lines."""
+    sources = {}
     for line in lines:
         found = MONITOR_LINE.match(line)
-        if found is None:
+        if found is None or found["cmd"].lower() not in ("script", "eval"):
             continue
-        name, arg = found["cmd"].lower(), found["arg"] or ""
-        label = scripts.get(arg, arg[:8]) if name in ("evalsha", "eval") else ""
-        command = Command(float(found["ts"]), found["client"], name, label)
-        if not command.in_script:
-            sweeping = _label(command) in SWEEPER
-        if name == "echo" and arg.startswith(MARKER):
-            messages.append([])
-        elif messages and name not in OWN_COMMANDS and not sweeping:
-            messages[-1].append(command)
-    return messages
+        tokens = monitor_tokens(line)
+        if len(tokens) >= 3 and [t.lower() for t in tokens[:2]] == ["script", "load"]:
+            sources[_sha1(tokens[2])] = tokens[2]
+        elif len(tokens) >= 2 and tokens[0].lower() == "eval":
+            sources[_sha1(tokens[1])] = tokens[1]
+    return sources
 
 
-@dataclass(frozen=True)
-class Sequence:
-    """What the MONITOR sample shows per message."""
-
-    messages: int
-    top_level: dict[str, float]
-    """Commands a client sent, per message (EVALSHA by script name)."""
-    in_scripts: dict[str, float]
-    """Commands run inside Lua scripts, per message."""
-    example: list[str]
-    """The client commands of one message, in order, a pipeline's joined by " + "."""
-    batches: float
-    """Client batches (round trips) per message, a pipeline counted once."""
+ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "a": "\a", "b": "\b", "\\": "\\", '"': '"'}
 
 
-def summarize(messages: list[list[Command]]) -> Sequence:
-    top: Counter[str] = Counter()
-    inner: Counter[str] = Counter()
-    for commands in messages:
-        for command in commands:
-            if command.in_script:
-                inner[command.name.upper()] += 1
+def monitor_tokens(line: str) -> list[str]:
+    """The quoted arguments of a MONITOR line, unescaped (Redis writes them with
+    sdscatrepr: backslash escapes and \\xHH)."""
+    text = line.split("] ", 1)[1] if "] " in line else line
+    tokens: list[str] = []
+    current: list[str] | None = None
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if current is None:
+            if char == '"':
+                current = []
+        elif char == '"':
+            tokens.append("".join(current))
+            current = None
+        elif char == "\\" and index + 1 < len(text):
+            escaped = text[index + 1]
+            if escaped == "x" and index + 3 < len(text):
+                current.append(chr(int(text[index + 2 : index + 4], 16)))
+                index += 2
             else:
-                top[_label(command)] += 1
-    count = max(1, len(messages))
-    middle = messages[len(messages) // 2] if messages else []
-    example = [" + ".join(_label(c) for c in batch) for batch in batches(middle)]
-    return Sequence(
-        len(messages),
-        {name: n / count for name, n in top.most_common()},
-        {name: n / count for name, n in inner.most_common()},
-        example,
-        sum(len(batches(commands)) for commands in messages) / count,
-    )
-
-
-def batches(commands: list[Command]) -> list[list[Command]]:
-    """A message's client commands, those that arrived together (a pipeline) in one batch:
-    same client, nothing from another client in between, and started within PIPELINE_GAP
-    of the end of the previous one (a new round trip takes a reply and a wake-up first)."""
-    grouped: list[list[Command]] = []
-    last_at, last_client = 0.0, ""
-    for command in commands:
-        if command.in_script:
-            last_at = command.at
-            continue
-        if grouped and command.client == last_client and command.at - last_at < PIPELINE_GAP:
-            grouped[-1].append(command)
+                current.append(ESCAPES.get(escaped, escaped))
+            index += 1
         else:
-            grouped.append([command])
-        last_at, last_client = command.at, command.client
-    return grouped
-
-
-def _label(command: Command) -> str:
-    return f"{command.name.upper()} {command.arg}".strip()
+            current.append(char)
+        index += 1
+    return tokens

@@ -1,8 +1,9 @@
-"""The service benchmark's measurements other than throughput: stop latency across
-processes, contention on one session, and the Redis cost of a message."""
+"""The service benchmark's measurements other than throughput and the cost at rest: stop
+latency across processes, contention on one session, and the Redis cost of a message."""
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections import Counter
@@ -14,9 +15,9 @@ import httpx
 
 from bench import loadgen
 from bench.loadgen import Latencies
+from bench.monitor import Monitor, Sequence, parse_messages, summarize
 from bench.procs import Server
-from bench.redis_cost import Monitor, Probe, Sequence, Snapshot, parse_monitor, script_names
-from bench.redis_cost import summarize as summarize_monitor
+from bench.redis_cost import Probe, Snapshot
 
 SETTLE_TIMEOUT = 150.0
 IDLE_TIMEOUT = 120.0
@@ -194,14 +195,20 @@ class Cost:
     messages: int
     failures: int
     window: Snapshot
-    """Counters over the N messages."""
+    """Counters over the N `?wait` messages."""
     with_sweeper: Snapshot
     """Counters from before the messages until the sweeper had dropped their sessions."""
+    settle_seconds: float
+    """How long the sweeper took to drop them from its index."""
     idle: Snapshot
     idle_seconds: float
-    sample: Sequence
-    sample_reads: float
-    """Round trips (socket reads) per message in the MONITOR sample."""
+    waited: Sequence
+    """MONITOR sample of `?wait` messages, one at a time."""
+    waited_reads: float
+    """Socket reads per message during that sample (request path and after)."""
+    admitted: Sequence
+    """MONITOR sample of 202 admissions, one at a time, each run left to end before the
+    next message."""
 
     @property
     def memory_per_session(self) -> float:
@@ -209,21 +216,31 @@ class Cost:
 
 
 def measure_cost(
-    server: Server, probe: Probe, prefix: str, *, messages: int, sample: int, idle: float
+    server: Server,
+    probe: Probe,
+    prefix: str,
+    scripts: dict[str, str],
+    *,
+    messages: int,
+    sample: int,
+    idle: float,
 ) -> Cost:
+    """`scripts`: sha1 -> name, for EVALSHA in the MONITOR samples."""
     idle_counters = _idle(probe, idle)
-    sequence, sample_reads = _monitor_sample(server, probe, f"{prefix}-monitor", sample)
+    sampled = functools.partial(_monitor_sample, server, probe, scripts=scripts, count=sample)
+    waited, waited_reads = sampled(f"{prefix}-wait", wait=True)
+    admitted, _ = sampled(f"{prefix}-202", wait=False)
     before = probe.snapshot()
     posted = loadgen.run_async(
         loadgen.closed_loop("127.0.0.1", server.port, loadgen.session_paths(prefix, "?wait=10"),
                             connections=8, total=messages)
     )  # fmt: skip
     window = probe.snapshot().minus(before)
-    settle(probe)
+    seconds = settle(probe)
     with_sweeper = probe.snapshot().minus(before)
     failures = len(posted.samples) - posted.count(200)
-    return Cost(messages, failures, window, with_sweeper, idle_counters, idle, sequence,
-                sample_reads)  # fmt: skip
+    return Cost(messages, failures, window, with_sweeper, seconds, idle_counters, idle, waited,
+                waited_reads, admitted)  # fmt: skip
 
 
 def _idle(probe: Probe, seconds: float) -> Snapshot:
@@ -232,21 +249,30 @@ def _idle(probe: Probe, seconds: float) -> Snapshot:
     return probe.snapshot().minus(before)
 
 
+RUN_PAUSE = 0.05
+"""After a 202, before the next message: the run (echo, no delay) ends well within it."""
+AFTER_PAUSE = 0.02
+"""After a `?wait` response, before the next message: what follows the response lands."""
+
+
 def _monitor_sample(
-    server: Server, probe: Probe, prefix: str, count: int
+    server: Server, probe: Probe, prefix: str, *, scripts: dict[str, str], count: int, wait: bool
 ) -> tuple[Sequence, float]:
-    """`count` messages one after another under MONITOR, an ECHO marker before each."""
+    """Messages one after another under MONITOR, ECHO markers around each."""
     monitor = Monitor("127.0.0.1", probe.port).start()
     before = probe.snapshot()
+    params = {"wait": 10} if wait else {}
     try:
         with httpx.Client(timeout=15) as client:
             for number in range(count):
                 probe.mark(number)
                 url = f"{server.url}/v1/sessions/{prefix}-{number}/messages"
-                client.post(url, params={"wait": 10}, json={"text": "hello"}).raise_for_status()
+                client.post(url, params=params, json={"text": "hello"}).raise_for_status()
+                probe.replied(number)
+                time.sleep(AFTER_PAUSE if wait else RUN_PAUSE)
             probe.mark(count)  # closes the last message's group
         counters = probe.snapshot().minus(before)
     finally:
         lines = monitor.stop()
-    messages = parse_monitor(lines, script_names())[:count]
-    return summarize_monitor(messages), counters.reads / count
+    messages = parse_messages(lines, scripts)[:count]
+    return summarize(messages), counters.reads / count
