@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from app import logs
+from app.agents import Turn
 from app.errors import LeaseLostError, LeaseNotOwnedError, RedisUnavailableError
 from app.locks import Lease
 from app.metrics import Metrics
@@ -31,7 +33,6 @@ from app.sessions.ref import SessionRef
 from app.sessions.renewal import Held, Renewals
 from app.sessions.waiters import Waiters
 from app.sessions.writes import AfterFinish, Finished, HolderWrites
-from app.subscriptions.agent_call import AgentCalls
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,16 @@ class ActiveRun:
             self.stop_reason = reason
         if self.task is not None:
             self.task.cancel()
+
+
+History = Callable[[], Awaitable[list[Turn]]]
+
+
+class AgentCalls(Protocol):
+    """Runs a run's agent, streaming its reply into the run (`app.subscriptions.agent_call`
+    does it, with the agent's subscription and its switch)."""
+
+    async def run(self, run: Run, history: History, progress: ActiveRun) -> None: ...
 
 
 @dataclass(slots=True)

@@ -174,6 +174,8 @@ class Renewals:
         return True
 
     def _settle(self, held: Held, code: Code, stop_run: str, reason: str, sent: float) -> None:
+        if held not in self._held:
+            return  # released while the renewal was on its way: its answer means nothing now
         if code == Code.NOT_OWNED:
             self._metrics.lease_renewals.labels("not_owned").inc()
             self._lose(held, "taken", "the lease expired or was taken or reset")
