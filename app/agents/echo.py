@@ -43,4 +43,3 @@ def _delay_seconds(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         return 0.0
     return min(float(value), MAX_DELAY_MS) / 1000
-
