@@ -5,18 +5,20 @@ The runs are posted (echo agent, `metadata.delay_ms` 600000: they outlast the ph
 a bounded number of concurrent requests, one run per session so that no queue cap is near;
 N grows step by step (the runs of a step stay in flight for the next ones). After each
 step, once every new run has had its first heartbeat interval, the benchmark measures for
-a fixed window: Redis round trips (socket reads, `total_reads_processed`) and commands
-(`total_commands_processed`, scripts' inner commands included) per second from INFO, the
-CPU of the workers and of redis-server (per-thread schedstat, nanoseconds); then, apart
-from that window so that MONITOR's own cost stays out of it, a short MONITOR sample tells
-the heartbeat renewals from the sweeper's commands. At the end every session is stopped
-with `POST /v1/sessions/{id}/stop`; a stop that cancels nothing means the run had already
-ended (e.g. its lease was lost).
+a window of whole heartbeat intervals: Redis round trips per second from a MONITOR kept
+for the window (batches, a pipeline counted once however many reads it took; heartbeat
+renewals told from the sweeper's), socket reads (`total_reads_processed`) and commands
+(`total_commands_processed`, scripts' inner commands included) from INFO, and the CPU of
+the workers and of redis-server (per-thread schedstat, nanoseconds; redis-server's
+includes feeding the MONITOR). At the end every session is stopped with
+`POST /v1/sessions/{id}/stop`; a stop that cancels nothing means the run had already ended
+(e.g. its lease was lost).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,20 +46,26 @@ class AtRest:
     interval: float
     """The lease heartbeat interval (TTL / 3 by default)."""
     seconds: float
-    round_trips: int
+    sample: Rates
+    """Round trips by who sent them (MONITOR)."""
+    reads: int
+    """Socket reads of client connections (INFO)."""
     commands: int
     worker_cpu: float
     """CPU seconds of all the workers over the window."""
     redis_cpu: float
-    post_seconds: float
+    post_seconds: float = 0.0
     """How long posting this step's new runs took."""
-    posted: int
+    posted: int = 0
     """Runs posted in this step."""
-    sample: Rates
 
     @property
     def round_trips_per_s(self) -> float:
-        return self.round_trips / self.seconds
+        return self.sample.round_trips
+
+    @property
+    def reads_per_s(self) -> float:
+        return self.reads / self.seconds
 
     @property
     def commands_per_s(self) -> float:
@@ -93,6 +101,8 @@ class AtRestResult:
     """Sessions posted to in all."""
     still_running: int = 0
     """Sessions whose stop at the end cancelled a run."""
+    stopped: bool = False
+    """Whether every session was stopped at the end."""
     failure: str | None = None
     """What ended the phase early, if anything did."""
 
@@ -109,7 +119,6 @@ def measure_at_rest(
     *,
     counts: tuple[int, ...],
     seconds: float,
-    monitor_seconds: float,
     interval: float,
     posters: int,
     scripts: dict[str, str],
@@ -129,9 +138,9 @@ def measure_at_rest(
                 raise RuntimeError(f"{refused} of {len(new)} long runs were not started")
             if new:
                 time.sleep(interval + SETTLE_MARGIN)
-            step = _window(server, probe, redis_pid, target, seconds, interval)
-            sample = _sample(probe, scripts, monitor_seconds)
-            result.steps.append(step.with_sample(post_seconds, len(new), sample))
+            step = _window(server, probe, redis_pid, scripts, target, seconds, interval)
+            result.steps.append(dataclasses.replace(step, post_seconds=post_seconds,
+                                                    posted=len(new)))  # fmt: skip
             _print(result.steps[-1])
     except (httpx.HTTPError, OSError, RuntimeError) as exc:
         result.failure = f"at N = {target:,}: {type(exc).__name__}: {exc}"
@@ -139,54 +148,38 @@ def measure_at_rest(
     finally:
         try:
             result.still_running = loadgen.run_async(_stop_all(server.url, sessions, posters))
+            result.stopped = True
         except (httpx.HTTPError, OSError) as exc:
             extra = f"stopping the {len(sessions):,} sessions failed: {exc}"
             result.failure = f"{result.failure}; {extra}" if result.failure else extra
     return result
 
 
-@dataclass(frozen=True)
-class _Window:
-    runs: int
-    workers: int
-    interval: float
-    seconds: float
-    round_trips: int
-    commands: int
-    worker_cpu: float
-    redis_cpu: float
-
-    def with_sample(self, post_seconds: float, posted: int, sample: Rates) -> AtRest:
-        return AtRest(self.runs, self.workers, self.interval, self.seconds, self.round_trips,
-                      self.commands, self.worker_cpu, self.redis_cpu, post_seconds, posted,
-                      sample)  # fmt: skip
-
-
 def _window(
-    server: Server, probe: Probe, redis_pid: int, runs: int, seconds: float, interval: float
-) -> _Window:
+    server: Server,
+    probe: Probe,
+    redis_pid: int,
+    scripts: dict[str, str],
+    runs: int,
+    seconds: float,
+    interval: float,
+) -> AtRest:
     pids = server.worker_pids()
     if len(pids) < server.workers:
         raise RuntimeError(f"{server.workers - len(pids)} worker(s) of {server.name} are gone")
-    workers_before = sum(precise_seconds(pid) for pid in pids)
-    redis_before = precise_seconds(redis_pid)
-    before, started = probe.snapshot(), time.monotonic()
-    time.sleep(seconds)
-    counters, elapsed = probe.snapshot().minus(before), time.monotonic() - started
-    worker_cpu = sum(precise_seconds(pid) for pid in pids) - workers_before
-    redis_cpu = precise_seconds(redis_pid) - redis_before
-    return _Window(runs, len(pids), interval, elapsed, counters.reads, counters.processed,
-                   worker_cpu, redis_cpu)  # fmt: skip
-
-
-def _sample(probe: Probe, scripts: dict[str, str], seconds: float) -> Rates:
     monitor = Monitor("127.0.0.1", probe.port).start()
-    started = time.monotonic()
     try:
+        workers_before = sum(precise_seconds(pid) for pid in pids)
+        redis_before = precise_seconds(redis_pid)
+        before, started = probe.snapshot(), time.monotonic()
         time.sleep(seconds)
+        counters, elapsed = probe.snapshot().minus(before), time.monotonic() - started
+        worker_cpu = sum(precise_seconds(pid) for pid in pids) - workers_before
+        redis_cpu = precise_seconds(redis_pid) - redis_before
     finally:
         lines = monitor.stop()
-    return rates(lines, scripts, time.monotonic() - started)
+    return AtRest(runs, len(pids), interval, elapsed, rates(lines, scripts, elapsed),
+                  counters.reads, counters.processed, worker_cpu, redis_cpu)  # fmt: skip
 
 
 def _print(step: AtRest) -> None:

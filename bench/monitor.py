@@ -9,6 +9,16 @@ commands, and those of its scripts, belong to no message and are left out.
 
 A round trip is a batch: a client's commands that arrived together (a pipeline), told
 apart from the next round trip by the time a reply and a wake-up take (PIPELINE_GAP).
+Redis reads a client's input 16 KiB at a time, so a pipeline larger than that (the
+sweeper's page of hundreds of scripts) reaches it in several reads, between which other
+clients may be served and time passes: where a client's batch stops just short of a
+multiple of 16 KiB (by less than its next command's size), the read buffer, not the
+client, ended it, and the client's next command goes on with it. (A reply and a new
+request take the client a while, a read boundary does not: timing alone cannot tell them
+apart once other clients are served in between.) A pipeline that reached Redis in pieces
+of other sizes (its client still writing) may still count more than once: these round
+trips err high, not low. INFO's `total_reads_processed` counts such a pipeline once per
+read.
 """
 
 from __future__ import annotations
@@ -22,6 +32,12 @@ from dataclasses import dataclass, field
 from bench.redis_cost import MARKER, MONITOR_LINE, OWN_COMMANDS, REPLIED
 
 PIPELINE_GAP = 100e-6  # seconds: a pipeline arrives in one read; a new round trip is slower
+READ_SIZE = 16 * 1024
+"""Bytes Redis reads from a client at a time (PROTO_IOBUF_LEN)."""
+SIZE_ERROR = 0.02
+"""How far off the protocol size estimated from MONITOR's text may be."""
+CHUNK_GAP = 0.01
+"""Seconds within which the rest of a pipeline cut by a read follows."""
 SWEEPER_COMMANDS = {"ZRANGE", "ZRANGEBYSCORE", "ZSCAN", "ZREM"}
 SWEEPER_SCRIPTS = ("recover", "forget", "acquire", "sweep")
 """What the sweeper sends: it pages the session index and runs its recover and forget
@@ -84,6 +100,8 @@ class Command:
     name: str
     arg: str
     """The script's name for EVALSHA and EVAL, else empty."""
+    size: int = 0
+    """About how many bytes of protocol the command took."""
 
     @property
     def in_script(self) -> bool:
@@ -102,7 +120,8 @@ def commands(lines: list[str], scripts: dict[str, str]) -> list[Command]:
             continue
         name, arg = found["cmd"].lower(), found["arg"] or ""
         label = scripts.get(arg, arg[:8]) if name in ("evalsha", "eval") else ""
-        parsed.append(Command(float(found["ts"]), found["client"], name, label))
+        size = len(line) - found.start("cmd") + 4 * line.count('" "') + 8
+        parsed.append(Command(float(found["ts"]), found["client"], name, label, size))
     return parsed
 
 
@@ -215,21 +234,40 @@ def _example(commands: list[Command]) -> list[str]:
 
 
 def batches(commands: list[Command]) -> list[list[Command]]:
-    """Client commands, those that arrived together (a pipeline) in one batch: same
+    """Client commands, those that arrived together (a pipeline) in one batch: the same
     client, nothing from another client in between, and started within PIPELINE_GAP of
-    the end of the previous one (a new round trip takes a reply and a wake-up first)."""
+    the end of the previous one (a new round trip takes a reply and a wake-up first); or
+    the rest of a pipeline that one read could not hold (see the module's doc)."""
     grouped: list[list[Command]] = []
-    last_at, last_client = 0.0, ""
+    open_batches: dict[str, tuple[list[Command], int]] = {}
+    last_at: dict[str, float] = {}
+    last_client = ""  # whose command ran last: a script's inner commands are its
     for command in commands:
         if command.in_script:
-            last_at = command.at
+            last_at[last_client] = command.at
             continue
-        if grouped and command.client == last_client and command.at - last_at < PIPELINE_GAP:
-            grouped[-1].append(command)
+        client = command.client
+        batch, size = open_batches.get(client, ([], 0))
+        gap = command.at - last_at.get(client, float("-inf"))
+        together = client == last_client and gap < PIPELINE_GAP
+        if batch and (together or (gap < CHUNK_GAP and _cut_by_read(size, command.size))):
+            batch.append(command)
+            open_batches[client] = (batch, size + command.size)
         else:
             grouped.append([command])
-        last_at, last_client = command.at, command.client
+            open_batches[client] = (grouped[-1], command.size)
+        last_at[client], last_client = command.at, client
     return grouped
+
+
+def _cut_by_read(size: int, following: int) -> bool:
+    """Whether a batch of `size` bytes ends where a 16 KiB read would have cut it: short of
+    the next multiple of READ_SIZE by less than the command that follows."""
+    if following > READ_SIZE / 4 or size < READ_SIZE - following - SIZE_ERROR * READ_SIZE:
+        return False  # a big command is read whole; a batch this small fits one read
+    room = -size % READ_SIZE
+    slack = SIZE_ERROR * size + 64
+    return room < following + slack or READ_SIZE - room < slack
 
 
 # --- rates at rest ----------------------------------------------------------------------

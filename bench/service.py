@@ -7,14 +7,13 @@ is a short smoke run (a couple of minutes) that writes nothing. One redis-server
 (append-only off) is started for the whole run, and every server under test is a real
 `uvicorn --factory ... --workers N` process (bench/service_phases.py):
 
-1. leasegate's first start under MONITOR, to name its Lua scripts;
-2. throughput, distinct sessions, 1 and 2 workers: admission (202) and end to end
-   (`?wait=10`, 200 once the run completed) for leasegate, the naive gateway and the bare
-   endpoint; `?wait` p50/p99 at a fixed 100 req/s (open loop), 2 workers;
-3. Redis round trips and commands per `?wait` message and per 202 admission (MONITOR and
+1. throughput, distinct sessions, 1 and 2 workers: admission (202) and end to end
+   (`?wait=10`, 200 once the run completed) for the bare endpoint, the naive gateway and
+   leasegate; `?wait` p50/p99 at a fixed 100 req/s (open loop), 2 workers;
+2. Redis round trips and commands per `?wait` message and per 202 admission (MONITOR and
    INFO), memory per session; stop latency across processes;
-4. contention: 1,000 messages posted at once to one session on 4 workers;
-5. cost at rest: 10 to 5,000 sessions each with one long run in flight, nothing else
+3. contention: 1,000 messages posted at once to one session on 4 workers;
+4. cost at rest: 10 to 5,000 sessions each with one long run in flight, nothing else
    happening: Redis round trips and worker CPU per second.
 
 The results, with a verdict on each target, go to the "## Service" section of

@@ -23,6 +23,16 @@ QUERY = {"admission": "", "end_to_end": "?wait=10"}
 EXPECT = {"admission": 202, "end_to_end": 200}
 
 
+def _default(setting: str, fallback: float) -> float:
+    """A leasegate setting's default, as app/settings.py declares it."""
+    try:
+        from app.settings import Settings
+
+        return float(Settings.model_fields[setting].default)
+    except (ImportError, KeyError, TypeError, ValueError):
+        return fallback
+
+
 @dataclass(frozen=True)
 class Config:
     window: float = 6.0
@@ -47,11 +57,9 @@ class Config:
     at_rest_intervals: int = 3
     """Heartbeat intervals per at-rest window: a whole number of them, so that the window
     holds the same share of every run's renewals, however the runs' phases fall."""
-    at_rest_monitor_intervals: int = 2
-    """Longer than a sweep interval (5 s), so that the sample holds a sweep."""
     at_rest_posters: int = 32
     at_rest_workers: int = 2
-    lease_ttl: float = 10.0
+    lease_ttl: float = field(default_factory=lambda: _default("lease_ttl_seconds", 10.0))
     """LEASEGATE_LEASE_TTL_SECONDS's default, left as it is; the heartbeat runs every TTL/3."""
 
     @property
@@ -62,15 +70,11 @@ class Config:
     def at_rest_seconds(self) -> float:
         return self.at_rest_intervals * self.heartbeat_interval
 
-    @property
-    def at_rest_monitor_seconds(self) -> float:
-        return self.at_rest_monitor_intervals * self.heartbeat_interval
-
 
 QUICK = Config(window=2.0, warmup=1.0, rounds=1, rate_seconds=3.0, contention_messages=200,
                stop_repetitions=5, cost_messages=100, monitor_messages=5, idle_seconds=1.0,
                profile_seconds=2.0, at_rest_counts=(0, 10, 100, 300),
-               at_rest_intervals=1, at_rest_monitor_intervals=1)  # fmt: skip
+               at_rest_intervals=2)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -111,8 +115,6 @@ class Results:
     contention: Contention | None = None
     held_queue: HeldQueue | None = None
     at_rest: AtRestResult | None = None
-    scripts: dict[str, str] = field(default_factory=dict)
-    """sha1 -> name of leasegate's Lua scripts."""
     profiles: dict[str, Profile | None] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     """Anything that went wrong on the way (a phase that failed, a server that did not

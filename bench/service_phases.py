@@ -1,15 +1,14 @@
 """The phases of the service benchmark, each on its own servers. Every leasegate server
 starts on an emptied Redis (FLUSHALL while no server runs; the script cache stays), so no
-measurement carries the sessions an earlier one left for the sweeper."""
+measurement carries the sessions an earlier one left for the sweeper; each one's scripts
+are learned while it starts, to name them in the MONITOR samples."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-
-import httpx
 
 from bench import loadgen, procs
 from bench import profile as profiler
@@ -19,7 +18,7 @@ from bench.machine import CpuMeter
 from bench.monitor import Monitor
 from bench.procs import Server
 from bench.redis_cost import Probe, loaded_scripts, script_names
-from bench.scenarios import SLOW, measure_contention, measure_cost, measure_held_queue, measure_stop
+from bench.scenarios import measure_contention, measure_cost, measure_held_queue, measure_stop
 from bench.service_data import (
     EXPECT,
     KINDS,
@@ -34,7 +33,8 @@ from bench.service_data import (
 
 @dataclass(frozen=True)
 class Bench:
-    """What every phase needs: the settings, the Redis, where logs go."""
+    """What every phase needs: the settings, the Redis, where logs go, and the sources of
+    the Lua scripts leasegate servers have loaded (sha1 -> source)."""
 
     config: Config
     redis_url: str
@@ -42,15 +42,38 @@ class Bench:
     redis_pid: int
     logs: Path
     profile: bool
+    sources: dict[str, str] = field(default_factory=dict)
 
     def spec(self, name: str, factory: str, workers: int, **settings: str) -> procs.ServerSpec:
         env = procs.leasegate_env(self.redis_url, **settings)
         return procs.ServerSpec(name, factory, workers, env)
 
-    def leasegate(self, name: str, workers: int, **settings: str) -> procs.ServerSpec:
-        """A leasegate server, to be started on an emptied Redis."""
-        self.probe.flush()
-        return self.spec(name, procs.LEASEGATE, workers, **settings)
+    def learn(self, monitor_lines: list[str]) -> None:
+        self.sources.update(loaded_scripts(monitor_lines))
+
+    def names(self) -> dict[str, str]:
+        """sha1 -> name of every script seen so far (for EVALSHA in MONITOR samples)."""
+        return script_names(self.sources)
+
+
+@contextmanager
+def leasegate(
+    bench: Bench, name: str, workers: int, *, empty: bool = True, **settings: str
+) -> Iterator[Server]:
+    """A leasegate server, on an emptied Redis unless `empty` is False (FLUSHALL: only
+    while no other server runs; the script cache stays). A MONITOR runs while it starts:
+    its scripts' texts depend on its settings (constants are baked in), and it loads them
+    into Redis' script cache then, unless an earlier server with the same settings did."""
+    if empty:
+        bench.probe.flush()
+    spec = bench.spec(name, procs.LEASEGATE, workers, **settings)
+    with ExitStack() as stack:
+        monitor = Monitor("127.0.0.1", bench.probe.port).start()
+        try:
+            [server] = stack.enter_context(procs.servers(spec, logs=bench.logs))
+        finally:
+            bench.learn(monitor.stop())
+        yield server
 
 
 # --- throughput -------------------------------------------------------------------------
@@ -109,32 +132,6 @@ def profiled(bench: Bench, server: Server, name: str) -> profiler.Profile | None
 # --- phases -----------------------------------------------------------------------------
 
 
-LEARNING = {"lease_ttl_seconds": "1.5", "sweep_interval_seconds": "1"}
-"""The scripts server's settings: a heartbeat and a sweep happen within a second or two."""
-
-
-def scripts_phase(bench: Bench, results: Results) -> None:
-    """Start leasegate once under MONITOR, on a Redis whose script cache is still empty,
-    to learn its scripts' names from the sources it loads (at start-up, or at first use:
-    a `?wait` message, a slow run held through a heartbeat and a sweep, a stop); and see
-    that it serves."""
-    monitor = Monitor("127.0.0.1", bench.probe.port).start()
-    spec = bench.leasegate("leasegate-scripts", 1, **LEARNING)
-    try:
-        with procs.servers(spec, logs=bench.logs) as [server]:
-            print("leasegate, first start: its scripts", flush=True)
-            with httpx.Client(base_url=server.url, timeout=15) as client:
-                sent = client.post("/v1/sessions/scripts-1/messages?wait=10", json={"text": "hi"})
-                sent.raise_for_status()
-                client.post("/v1/sessions/scripts-2/messages", json=SLOW).raise_for_status()
-                time.sleep(2.0)
-                client.post("/v1/sessions/scripts-2/stop").raise_for_status()
-    finally:
-        lines = monitor.stop()
-    results.scripts = script_names(loaded_scripts(lines))
-    print(f"  {len(results.scripts)} scripts named", flush=True)
-
-
 def bare_phase(bench: Bench, results: Results) -> None:
     for workers in WORKER_COUNTS:
         spec = bench.spec(f"bare-{workers}", procs.BARE, workers)
@@ -163,31 +160,29 @@ def leasegate_phase(bench: Bench, results: Results) -> None:
     for workers in WORKER_COUNTS:
         for kind in KINDS:
             name = f"leasegate-{workers}-{kind}"
-            with procs.servers(bench.leasegate(name, workers), logs=bench.logs) as [server]:
+            with leasegate(bench, name, workers) as server:
                 print(f"leasegate, {workers} worker(s), {kind.replace('_', ' ')}", flush=True)
                 results.throughput["leasegate", workers, kind] = windows(bench, server, name, kind)
                 if workers == LATENCY_WORKERS and kind == "admission":
                     results.profiles["leasegate"] = profiled(bench, server, "profile")
-    spec = bench.leasegate("leasegate-rate", LATENCY_WORKERS)
-    with procs.servers(spec, logs=bench.logs) as [server]:
+    with leasegate(bench, "leasegate-rate", LATENCY_WORKERS) as server:
         print(f"leasegate, {LATENCY_WORKERS} workers, fixed rate", flush=True)
         results.latency["leasegate"] = fixed_rate(bench, server, "rate")
 
 
 def cost_and_stop_phase(bench: Bench, results: Results) -> None:
     config = bench.config
-    with procs.servers(bench.leasegate("leasegate-a", 2), logs=bench.logs) as [a]:
+    with leasegate(bench, "leasegate-a", 2) as a:
         print("leasegate, 2 workers: Redis cost per message", flush=True)
         results.cost = measure_cost(a, bench.probe, loadgen.unique_prefix("cost"),
-                                    results.scripts, messages=config.cost_messages,
+                                    bench.names(), messages=config.cost_messages,
                                     sample=config.monitor_messages,
                                     idle=config.idle_seconds)  # fmt: skip
         waited = results.cost.waited
         trips, commands = waited.median(waited.round_trips), waited.median(waited.commands)
         print(f"  ?wait message: {trips:.0f} round trips, {commands:.0f} commands in the "
               "request path", flush=True)  # fmt: skip
-        other = bench.spec("leasegate-b", procs.LEASEGATE, 2)  # the same Redis, not emptied
-        with procs.servers(other, logs=bench.logs) as [b]:
+        with leasegate(bench, "leasegate-b", 2, empty=False) as b:
             print("  stop latency across processes", flush=True)
             prefix = loadgen.unique_prefix("stop")
             results.stop = measure_stop(a, b, prefix, config.stop_repetitions)
@@ -195,9 +190,9 @@ def cost_and_stop_phase(bench: Bench, results: Results) -> None:
 
 def contention_phase(bench: Bench, results: Results) -> None:
     config = bench.config
-    spec = bench.leasegate("leasegate-contention", config.contention_workers,
-                           queue_cap=str(config.contention_queue_cap))  # fmt: skip
-    with procs.servers(spec, logs=bench.logs) as [server]:
+    cap = str(config.contention_queue_cap)
+    with leasegate(bench, "leasegate-contention", config.contention_workers,
+                   queue_cap=cap) as server:  # fmt: skip
         print(f"leasegate, {config.contention_workers} workers: contention, one session",
               flush=True)  # fmt: skip
         results.contention = measure_contention(
@@ -212,22 +207,19 @@ def contention_phase(bench: Bench, results: Results) -> None:
 
 def at_rest_phase(bench: Bench, results: Results) -> None:
     config = bench.config
-    spec = bench.leasegate("leasegate-at-rest", config.at_rest_workers)
-    with procs.servers(spec, logs=bench.logs) as [server]:
+    with leasegate(bench, "leasegate-at-rest", config.at_rest_workers) as server:
         print(f"leasegate, {config.at_rest_workers} workers: cost at rest", flush=True)
         results.at_rest = measure_at_rest(
             server, bench.probe, bench.redis_pid, loadgen.unique_prefix("rest"),
             counts=config.at_rest_counts, seconds=config.at_rest_seconds,
-            monitor_seconds=config.at_rest_monitor_seconds,
             interval=config.heartbeat_interval, posters=config.at_rest_posters,
-            scripts=results.scripts,
+            scripts=bench.names(),
         )  # fmt: skip
     if results.at_rest.failure is not None:
         results.problems.append(f"cost at rest: {results.at_rest.failure}")
 
 
 PHASES: list[Callable[[Bench, Results], None]] = [
-    scripts_phase,
     bare_phase,
     naive_phase,
     leasegate_phase,

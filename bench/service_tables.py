@@ -218,7 +218,7 @@ def cost_tables(cost: Cost, contention: Contention | None) -> str:
         *_sample_rows("202", cost.admitted),
         ["`?wait=10`: socket reads per message in the MONITOR sample (all included)",
          f"{cost.waited_reads:.2f}"],
-        [f"`?wait=10`, {n(count)} messages over 8 connections (INFO): round trips, commands",
+        [f"`?wait=10`, {n(count)} messages over 8 connections (INFO): socket reads, commands",
          f"{window.reads / count:.2f}, {window.processed / count:.2f}"],
         [f"the same until the sweeper had dropped the sessions ({cost.settle_seconds:.0f} s)",
          f"{swept.reads / count:.2f}, {swept.processed / count:.2f}"],
@@ -282,26 +282,28 @@ def at_rest_table(at_rest: AtRestResult) -> str:
         sample = step.sample
         above = step.per_run_us(baseline) if baseline is not None and step.runs else None
         rows.append([
-            n(step.runs), f"{step.round_trips_per_s:,.1f}", f"{step.commands_per_s:,.0f}",
-            _opt(step.per_interval, "{:.2f}"),
+            n(step.runs), f"{step.round_trips_per_s:,.1f}",
             f"{sample.heartbeat:,.1f} / {sample.sweeper:,.1f} / {sample.other:,.1f}",
-            f"{step.worker_ms_per_s:.1f}", _opt(step.per_run_us(), "{:.1f}"),
-            _opt(above, "{:.1f}"), f"{step.redis_ms_per_s:.1f}",
+            _opt(step.per_interval, "{:.2f}"), f"{step.reads_per_s:,.1f}",
+            f"{step.commands_per_s:,.0f}", f"{step.worker_ms_per_s:.1f}",
+            _opt(step.per_run_us(), "{:.1f}"), _opt(above, "{:.1f}"),
+            f"{step.redis_ms_per_s:.1f}",
             f"{step.posted / step.post_seconds:,.0f}" if step.posted else "-",
         ])  # fmt: skip
-    header = ["runs in flight", "Redis round trips/s", "commands/s",
-              "round trips per worker per 100 leases per interval",
-              "MONITOR round trips/s: heartbeat / sweeper / other", "worker CPU ms/s",
-              "per run µs/s", "per run above N = 0, µs/s", "redis-server CPU ms/s",
+    header = ["runs in flight", "Redis round trips/s", "of which heartbeat / sweeper / other",
+              "round trips per worker per 100 leases per interval", "socket reads/s (INFO)",
+              "commands/s (INFO)", "worker CPU ms/s", "per run µs/s",
+              "per run above N = 0, µs/s", "redis-server CPU ms/s (MONITOR on)",
               "posted runs/s"]  # fmt: skip
     table = markdown_table(header, rows)
     lost = at_rest.sessions - at_rest.still_running
-    table += (
-        f"\nAt the end, {n(at_rest.sessions)} sessions were stopped: "
-        f"{n(at_rest.still_running)} stops cancelled a run still in flight"
-        + (f", {n(lost)} found none (their run had ended early: lost lease or failure)."
-           if lost else ", as expected.")
-    )  # fmt: skip
+    if at_rest.stopped:
+        table += (
+            f"\nAt the end, {n(at_rest.sessions)} sessions were stopped: "
+            f"{n(at_rest.still_running)} stops cancelled a run still in flight"
+            + (f", {n(lost)} found none (their run had ended early: lost lease or failure)."
+               if lost else ", as expected.")
+        )  # fmt: skip
     if at_rest.failure:
         table += f"\n\n**The phase failed {at_rest.failure}**; the rows above are what it measured."
     return table
