@@ -4,7 +4,8 @@ Counters come from INFO: `commandstats` (every command executed, those inside Lu
 scripts included), `total_commands_processed` (the same, summed) and
 `total_reads_processed` (socket reads of client connections: with a request-reply client
 one read is one round trip, a pipeline arriving in one read is one). The benchmark's own
-commands (INFO, ZCARD, ECHO markers, FLUSHALL) are counted by `Probe` and taken off.
+commands (INFO, MEMORY STATS, ZCARD, ECHO markers, FLUSHALL) are counted by `Probe` and
+taken off.
 
 The exact sequence of commands (MONITOR) is bench/monitor.py's; this module also names
 leasegate's Lua scripts for it.
@@ -24,7 +25,7 @@ try:
 except ImportError:  # app/ mid-rewrite: the key it has always had
     ACTIVE_SESSIONS = "lg:sessions:active"
 
-OWN_COMMANDS = {"info", "zcard", "echo", "monitor", "ping", "flushall"}
+OWN_COMMANDS = {"info", "memory", "zcard", "echo", "monitor", "ping", "flushall"}
 MARKER = "bench-message-"
 """ECHOed before each message of a MONITOR sample."""
 REPLIED = "bench-replied-"
@@ -39,6 +40,8 @@ class Snapshot:
     processed: int
     reads: int
     used_memory: int
+    """`used_memory` less what client connections take (MEMORY STATS `clients.normal`):
+    the data's, not that of buffers of however many connections the servers opened."""
     sent: int = 0
     """Commands the probe had sent when this snapshot was taken (its own INFO included)."""
 
@@ -71,7 +74,8 @@ class Probe:
         self.sent = 0
 
     def snapshot(self) -> Snapshot:
-        self.sent += 1
+        self.sent += 2
+        clients = int(self.client.memory_stats().get("clients.normal", 0))
         info: dict[str, Any] = self.client.info("all")
         calls = {
             key.removeprefix("cmdstat_").lower(): int(value["calls"])
@@ -79,7 +83,7 @@ class Probe:
             if key.startswith("cmdstat_")
         }
         return Snapshot(calls, int(info["total_commands_processed"]),
-                        int(info["total_reads_processed"]), int(info["used_memory"]),
+                        int(info["total_reads_processed"]), int(info["used_memory"]) - clients,
                         self.sent)  # fmt: skip
 
     def indexed_sessions(self) -> int:

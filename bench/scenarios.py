@@ -104,7 +104,7 @@ class Contention:
     runs: int
     drain_seconds: float
     memory_bytes: int
-    """used_memory after the drain (and the sweeper) minus before the burst."""
+    """Redis' data memory after the drain (and the sweeper) minus before the burst."""
 
     @property
     def runs_per_s(self) -> float:

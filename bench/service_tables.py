@@ -222,7 +222,7 @@ def cost_tables(cost: Cost, contention: Contention | None) -> str:
          f"{window.reads / count:.2f}, {window.processed / count:.2f}"],
         [f"the same until the sweeper had dropped the sessions ({cost.settle_seconds:.0f} s)",
          f"{swept.reads / count:.2f}, {swept.processed / count:.2f}"],
-        ["memory per idle session with its one completed run (`used_memory`)",
+        ["memory per idle session with its one completed run (`used_memory` less clients')",
          f"{cost.memory_per_session / 1024:.1f} KiB"],
     ]  # fmt: skip
     if contention is not None and contention.runs:
