@@ -33,6 +33,20 @@ class AgentRequest:
     callable so that agents that need no context cost no Redis round trip."""
     subscription: Subscription | None = None
     """The subscription the run uses; None for agents without subscriptions."""
+    run: RunContext | None = None
+    """Which run this is, under which fence; None outside a session (tests, tools)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """Where a request comes from. `fence` is the run's own, higher than every earlier run's
+    of the session: an agent's own storage can refuse writes that carry a lower one."""
+
+    tenant: str
+    session_id: str
+    run_id: str
+    fence: int
+    generation: int
 
 
 class Agent(Protocol):

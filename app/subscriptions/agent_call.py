@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from app.agents import AgentRegistry, AgentRequest, Turn
+from app.agents import AgentRegistry, AgentRequest, RunContext, Turn
 from app.errors import AgentFailedError, SubscriptionFailureError
 from app.sessions.models import Run
 from app.subscriptions.switcher import Subscriptions
@@ -68,6 +68,13 @@ class AgentCalls:
             metadata=run.metadata,
             history=history,
             subscription=self._agents.credentials(subscription) if subscription else None,
+            run=RunContext(
+                tenant=run.tenant,
+                session_id=run.session_id,
+                run_id=run.run_id,
+                fence=run.fence or 0,
+                generation=run.generation,
+            ),
         )
         async for delta in self._agents.get(run.agent_id).stream(request):
             progress.add(delta)
