@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import signal
@@ -12,8 +13,9 @@ from types import FrameType
 
 import uvicorn
 
+from app.errors import ConfigurationError
+from app.main import load_configuration
 from app.redis.server import RedisServer
-from app.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,11 +30,19 @@ def main(argv: list[str] | None = None) -> None:
         run_serve(args.host, args.port, args.workers)
 
 
+INVALID_CONFIGURATION = 2
+"""Exit code of `leasegate serve` when the settings or the agents file are not valid."""
+
+
 def run_serve(host: str, port: int, workers: int) -> None:
+    # Checked here, before Redis or any worker starts: one message and exit 2, instead of
+    # workers that each fail on the same configuration.
     try:
-        settings = Settings()
-    except ValueError as exc:
-        sys.exit(f"leasegate: invalid configuration:\n{exc}")
+        settings, agents = load_configuration()
+    except ConfigurationError as exc:
+        print(f"leasegate: invalid configuration: {exc}", file=sys.stderr, flush=True)
+        sys.exit(INVALID_CONFIGURATION)
+    asyncio.run(agents.aclose())  # each worker builds its own
     embedded: RedisServer | None = None
     if settings.redis_url is None:
         embedded = RedisServer(settings.data_dir / "redis").start()

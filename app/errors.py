@@ -7,9 +7,11 @@
     ├── InvalidKeyError            an id that cannot be turned into a Redis key
     ├── MetadataTooLargeError      a message's metadata is over its size limit
     ├── UnknownAgentError          a request named an agent that is not configured
+    ├── AgentInputError            an AG-UI RunAgentInput leasegate cannot run (no user text...)
     ├── AgentFailedError           an agent could not produce its reply
     │   └── SubscriptionFailureError  the upstream refused a subscription (.kind)
     ├── AgentsConfigError          the agents file is not valid
+    ├── ConfigurationError         the settings or the agents file are not valid (start-up)
     ├── UnknownSubscriptionError   a subscription id the agent does not have
     ├── SessionError               (carries .session_id)
     │   ├── SessionBusyError       busy_policy=reject on a busy session (.active_run_id)
@@ -105,6 +107,14 @@ class UnknownAgentError(LeasegateError):
         self.agent_id = agent_id
 
 
+class AgentInputError(LeasegateError):
+    """An AG-UI `RunAgentInput` that is valid AG-UI but not a message leasegate can run."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 class AgentFailedError(LeasegateError):
     """An agent's reply failed; the message is recorded as the run's error."""
 
@@ -122,6 +132,11 @@ class SubscriptionFailureError(AgentFailedError):
 
 class AgentsConfigError(LeasegateError):
     """The agents file is not valid; the message says where."""
+
+
+class ConfigurationError(LeasegateError):
+    """The service cannot start: settings or agents file not valid. The message says what,
+    in one line, and never contains a configured secret."""
 
 
 class UnknownSubscriptionError(LeasegateError):

@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from app import logs, problems
 from app.agents import AgentRegistry
+from app.errors import AgentsConfigError, ConfigurationError
 from app.metrics import Metrics
 from app.middleware import RequestIdMiddleware
 from app.resources import Resources
 from app.routers import agents as agents_router
-from app.routers import events, health, internal, runs, sessions
+from app.routers import agui, events, health, internal, runs, sessions
 from app.routers import metrics as metrics_router
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
+
+STARTUP_FAILURE = 3
+"""How a worker whose configuration is invalid exits: uvicorn's code for a worker that could
+not start, on which its multiprocess supervisor (uvicorn 0.50 and later) stops the server
+instead of starting another worker that would fail the same way, forever."""
 
 
 def create_app(
@@ -26,7 +34,8 @@ def create_app(
     metrics: Metrics | None = None,
     agents: AgentRegistry | None = None,
 ) -> FastAPI:
-    settings = settings if settings is not None else Settings()
+    if settings is None:  # uvicorn's factory call: everything from the environment
+        settings, agents = _configured_or_exit(agents)
     metrics = metrics if metrics is not None else Metrics()
     agents = agents if agents is not None else AgentRegistry.from_settings(settings)
 
@@ -56,7 +65,42 @@ def create_app(
     app.include_router(runs.router)
     app.include_router(internal.router)
     app.include_router(agents_router.router)
+    app.include_router(agui.router)
     return app
+
+
+def load_configuration(agents: AgentRegistry | None = None) -> tuple[Settings, AgentRegistry]:
+    """Settings and agents (unless given) from the environment; ConfigurationError says, in
+    one line, what is wrong."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise ConfigurationError(_settings_problems(exc)) from None
+    except ValueError as exc:  # pydantic-settings' own: a value that is not JSON, ...
+        raise ConfigurationError(str(exc)) from None
+    if agents is not None:
+        return settings, agents
+    try:
+        return settings, AgentRegistry.from_settings(settings)
+    except AgentsConfigError as exc:
+        raise ConfigurationError(str(exc)) from None
+
+
+def _configured_or_exit(agents: AgentRegistry | None) -> tuple[Settings, AgentRegistry]:
+    try:
+        return load_configuration(agents)
+    except ConfigurationError as exc:
+        print(f"leasegate: invalid configuration: {exc}", file=sys.stderr, flush=True)
+        sys.exit(STARTUP_FAILURE)
+
+
+def _settings_problems(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        message = error["msg"].removeprefix("Value error, ")
+        name = f"LEASEGATE_{str(error['loc'][0]).upper()}" if error["loc"] else ""
+        problems.append(f"{name}: {message}" if name and name not in message else message)
+    return "; ".join(problems)
 
 
 def _announce_auth(settings: Settings) -> None:

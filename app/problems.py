@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import (
     AgentFailedError,
+    AgentInputError,
     EndpointDisabledError,
     ExecutionNotFoundError,
     ForbiddenError,
@@ -58,6 +59,7 @@ PROBLEMS: list[tuple[type[LeasegateError], Problem]] = [
     (InvalidKeyError, Problem(422, "invalid-id", "Invalid identifier")),
     (MetadataTooLargeError, Problem(422, "metadata-too-large", "Metadata too large")),
     (UnknownAgentError, Problem(422, "unknown-agent", "Unknown agent")),
+    (AgentInputError, Problem(422, "invalid-agent-input", "Agent input not runnable")),
     (UnknownSubscriptionError, Problem(422, "unknown-subscription", "Unknown subscription")),
     (SessionBusyError, Problem(409, "session-busy", "Session is busy", retry_after=True)),
     (QueueFullError, Problem(429, "queue-full", "Session queue is full", retry_after=True)),

@@ -101,7 +101,11 @@ class Resources:
         writes = HolderWrites(redis, limits)
         renewals = Renewals(redis, limits, interval=settings.heartbeat_interval, metrics=metrics)
         control = Control(redis, limits)
-        reads = Reads(redis, timeout=settings.redis_timeout_seconds)
+        reads = Reads(
+            redis,
+            timeout=settings.redis_timeout_seconds,
+            default_policy=settings.default_busy_policy,
+        )
         index = SessionIndex(redis, limits, worker=worker)
         deps = HolderDeps(
             writes=writes,

@@ -192,7 +192,7 @@ async def test_a_re_sent_admission_answers_as_the_first_did(stack: Stack) -> Non
     queued_again = await stack.admissions.admit(session, second, "queued-run", "another-token")
     assert (queued.status, queued.queue_position) == (RunStatus.QUEUED, 1)
     assert (queued_again.status, queued_again.queue_position) == (RunStatus.QUEUED, 1)
-    assert (await stack.reads.view(session)).queued == ["queued-run"]
+    assert [r.run_id for r in (await stack.reads.view(session)).queued] == ["queued-run"]
 
 
 async def test_a_re_sent_finish_does_not_take_a_second_run(stack: Stack) -> None:
@@ -207,7 +207,7 @@ async def test_a_re_sent_finish_does_not_take_a_second_run(stack: Stack) -> None
     assert after.next_run is not None and again.next_run is not None
     assert after.next_run.run_id == again.next_run.run_id == second
     assert after.ended == again.ended
-    assert (await stack.reads.view(session)).queued == [third]
+    assert [r.run_id for r in (await stack.reads.view(session)).queued] == [third]
 
 
 async def test_an_admission_resolved_before_it_ran_never_runs(stack: Stack) -> None:

@@ -43,9 +43,13 @@ async def test_post_with_wait_returns_the_finished_run_and_records_the_transcrip
     assert session == {
         "session_id": "chat-1",
         "state": "idle",
+        "holder": None,
         "active_run": None,
         "queued": [],
+        "queue": [],
         "generation": 1,
+        "last_error": None,
+        "default_busy_policy": "enqueue",
     }
 
 

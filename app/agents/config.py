@@ -12,18 +12,34 @@
     subscriptions = ["sub-a", "sub-b"]     # priority order; the first is the initial one
     system_prompt = "..."                 # optional
 
-Validated at start-up: unknown or duplicate ids, and, for openai agents, a base_url, a
-model and a set environment variable for every subscription. Keys are read from the
-environment here and never written anywhere else.
+    [[agents]]
+    id = "planner"
+    backend = "ag-ui"                     # an agent served over the AG-UI protocol
+    url = "http://127.0.0.1:8001/agent"
+    headers_env = "PLANNER_HEADERS"       # optional: JSON object of extra request headers
+    connect_timeout_seconds = 5           # optional, else LEASEGATE_UPSTREAM_CONNECT_...
+    read_timeout_seconds = 60             # optional, else LEASEGATE_UPSTREAM_READ_...
+
+    [[agents]]
+    id = "local"
+    backend = "python"                    # an object (or factory) in this process
+    entrypoint = "package.module:attribute"
+
+Validated at start-up: unknown or duplicate ids, keys another backend's agents take, for
+openai agents a base_url, a model and a set environment variable for every subscription,
+for ag-ui agents a URL and a well-formed `headers_env`. Keys and header values are read
+from the environment here and never written anywhere else.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -31,22 +47,63 @@ from app.agents.base import Subscription
 from app.errors import AgentsConfigError
 
 ID_PATTERN = r"^[A-Za-z0-9._\-]{1,64}$"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+RESERVED_HEADERS = frozenset(
+    {
+        "accept",
+        "connection",
+        "content-length",
+        "content-type",
+        "host",
+        "idempotency-key",
+        "leasegate-fence",
+        "transfer-encoding",
+    }
+)
+"""Headers an ag-ui request carries from leasegate itself, which headers_env cannot replace."""
+
+Backend = Literal["openai", "echo", "ag-ui", "python"]
 
 
 class _SubscriptionEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=ID_PATTERN)
     base_url: str | None = Field(default=None, pattern=r"^https?://")
-    api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    api_key_env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN)
 
 
-class _AgentEntry(BaseModel):
+class _ModelEntry(BaseModel):
+    """An `openai` agent, or an `echo` one (which takes the same keys and ignores them)."""
+
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=ID_PATTERN)
     backend: Literal["openai", "echo"]
     model: str | None = None
     subscriptions: list[str] = Field(default_factory=list)
     system_prompt: str | None = None
+
+
+class _AGUIEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=ID_PATTERN)
+    backend: Literal["ag-ui"]
+    url: str = Field(pattern=r"^https?://[^/\s]+")
+    headers_env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN)
+    connect_timeout_seconds: float | None = Field(default=None, gt=0)
+    read_timeout_seconds: float | None = Field(default=None, gt=0)
+    subscriptions: list[str] = Field(default_factory=list)
+
+
+class _PythonEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(pattern=ID_PATTERN)
+    backend: Literal["python"]
+    entrypoint: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+    subscriptions: list[str] = Field(default_factory=list)
+
+
+_AgentEntry = Annotated[_ModelEntry | _AGUIEntry | _PythonEntry, Field(discriminator="backend")]
 
 
 class _File(BaseModel):
@@ -58,10 +115,19 @@ class _File(BaseModel):
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     id: str
-    backend: Literal["openai", "echo"]
+    backend: Backend
     model: str | None = None
     subscriptions: tuple[str, ...] = ()
     system_prompt: str | None = None
+    url: str | None = None
+    """ag-ui: where each run is POSTed."""
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """ag-ui: extra request headers (from `headers_env`; may hold the agent's own secrets)."""
+    connect_timeout: float | None = None
+    read_timeout: float | None = None
+    """ag-ui: None means the LEASEGATE_UPSTREAM_* settings."""
+    entrypoint: str | None = None
+    """python: `package.module:attribute`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,16 +177,63 @@ def _build(parsed: _File, environ: Mapping[str, str], path: Path) -> AgentsConfi
             credentials[sub_id] = Subscription(
                 sub_id, sub.base_url, environ.get(sub.api_key_env) if sub.api_key_env else None
             )
-        if entry.backend == "openai":
-            _check_openai(entry, subscriptions, environ, path)
-        agents[entry.id] = AgentConfig(
-            entry.id, entry.backend, entry.model, tuple(entry.subscriptions), entry.system_prompt
-        )
+        agents[entry.id] = _agent(entry, subscriptions, environ, path)
     return AgentsConfig(agents, credentials)
 
 
-def _check_openai(
+def _agent(
     entry: _AgentEntry,
+    subscriptions: dict[str, _SubscriptionEntry],
+    environ: Mapping[str, str],
+    path: Path,
+) -> AgentConfig:
+    uses = tuple(entry.subscriptions)
+    if isinstance(entry, _AGUIEntry):
+        headers = _headers(entry, environ, path) if entry.headers_env else {}
+        return AgentConfig(
+            entry.id,
+            "ag-ui",
+            subscriptions=uses,
+            url=entry.url,
+            headers=headers,
+            connect_timeout=entry.connect_timeout_seconds,
+            read_timeout=entry.read_timeout_seconds,
+        )
+    if isinstance(entry, _PythonEntry):
+        return AgentConfig(entry.id, "python", subscriptions=uses, entrypoint=entry.entrypoint)
+    if entry.backend == "openai":
+        _check_openai(entry, subscriptions, environ, path)
+    return AgentConfig(entry.id, entry.backend, entry.model, uses, entry.system_prompt)
+
+
+def _headers(entry: _AGUIEntry, environ: Mapping[str, str], path: Path) -> dict[str, str]:
+    """The JSON object of extra headers in the environment variable `headers_env` names.
+    Messages name the variable and the header, never a value (values may be secrets)."""
+    variable = entry.headers_env
+    where = f"agents file {path}: ag-ui agent {entry.id!r}: environment variable {variable}"
+    raw = environ.get(entry.headers_env or "")
+    if not raw:
+        raise AgentsConfigError(f"{where} (headers_env) is not set")
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        raise AgentsConfigError(f"{where} is not JSON (expected an object of headers)") from None
+    if not isinstance(parsed, dict):
+        raise AgentsConfigError(f"{where} is not a JSON object of headers")
+    for name, value in parsed.items():
+        if not HEADER_NAME.match(name):
+            raise AgentsConfigError(f"{where}: {name!r} is not a valid header name")
+        if name.lower() in RESERVED_HEADERS:
+            raise AgentsConfigError(f"{where}: header {name!r} is set by leasegate itself")
+        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
+            raise AgentsConfigError(
+                f"{where}: the value of header {name!r} must be a string on one line"
+            )
+    return parsed
+
+
+def _check_openai(
+    entry: _ModelEntry,
     subscriptions: dict[str, _SubscriptionEntry],
     environ: Mapping[str, str],
     path: Path,

@@ -12,30 +12,34 @@ builds.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import http.cookiejar
 import json
 import logging
-import random
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import httpx
 
 from app.agents.base import AgentRequest, Subscription
 from app.agents.config import AgentConfig
+from app.agents.upstream import (
+    Retryable,
+    error_text,
+    no_cookies,
+    read_capped,
+    redact,
+    retrying,
+    sse_data,
+    transport_failure,
+    with_status,
+)
 from app.errors import AgentFailedError, SubscriptionFailureError
 
 log = logging.getLogger(__name__)
 
-ERROR_BODY_LIMIT = 4096
-"""Bytes of a refusal's body read to classify it."""
-DETAIL_LIMIT = 200
-"""Characters of an upstream message kept in an error."""
-JITTER = 0.25
-"""Up to this fraction of a backoff is added at random."""
+UPSTREAM = "upstream"
+"""How this backend's errors name the far end."""
 RATE_LIMIT_HINTS = ("insufficient_quota", "quota", "credit balance", "rate limit", "rate_limit")
 AUTH_HINTS = (
     "invalid api key",
@@ -44,20 +48,6 @@ AUTH_HINTS = (
     "token expired",
     "authentication",
 )
-RETRYABLE = (
-    httpx.ConnectError,
-    httpx.ConnectTimeout,
-    httpx.PoolTimeout,
-    httpx.ReadError,
-    httpx.WriteError,
-    httpx.RemoteProtocolError,
-)
-"""Transport failures worth another attempt when nothing has been streamed yet."""
-REDACTED = "[redacted]"
-
-
-class _Retryable(Exception):
-    """A failed attempt that streamed nothing and may succeed if repeated."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +78,7 @@ class OpenAIAgent:
         )
         self._max_retries = max_retries
         self._backoff_base = backoff_base
-        self._client = httpx.AsyncClient(
-            timeout=timeout, transport=transport, cookies=_no_cookies()
-        )
+        self._client = httpx.AsyncClient(timeout=timeout, transport=transport, cookies=no_cookies())
 
     async def stream(self, request: AgentRequest) -> AsyncIterator[str]:
         target = self._target(request.subscription)
@@ -99,21 +87,16 @@ class OpenAIAgent:
             "stream": True,
             "messages": await self._messages(request),
         }
-        attempt = 0
-        while True:
-            try:
-                async with contextlib.aclosing(self._attempt(target, body)) as deltas:
-                    async for delta in deltas:
-                        yield delta
-                return
-            except _Retryable as exc:
-                if attempt >= self._max_retries:
-                    raise AgentFailedError(f"upstream unavailable: {exc}") from None
-                log.info(
-                    "agent %s: attempt %d failed (%s), retrying", self._config.id, attempt + 1, exc
-                )
-            await asyncio.sleep(_backoff(self._backoff_base, attempt))
-            attempt += 1
+        deltas = retrying(
+            lambda: self._attempt(target, body),
+            max_retries=self._max_retries,
+            backoff_base=self._backoff_base,
+            what=UPSTREAM,
+            agent_id=self._config.id,
+        )
+        async with contextlib.aclosing(deltas):
+            async for delta in deltas:
+                yield delta
 
     async def aclose(self) -> None:
         """Close the client now, streams still using it included."""
@@ -135,7 +118,7 @@ class OpenAIAgent:
         return messages
 
     async def _attempt(self, target: _Target, body: dict[str, Any]) -> AsyncGenerator[str, None]:
-        """One request. Raises _Retryable only if it failed before streaming anything."""
+        """One request. Raises Retryable only if it failed before streaming anything."""
         streamed = False
         headers = {"Authorization": f"Bearer {target.api_key}", "Accept": "text/event-stream"}
         try:
@@ -147,20 +130,16 @@ class OpenAIAgent:
                         streamed = True
                         yield delta
         except httpx.HTTPError as exc:
-            raise _transport_failure(exc, target, streamed=streamed) from None
-
-
-def _no_cookies() -> http.cookiejar.CookieJar:
-    """A cookie jar that keeps nothing: an upstream cookie set for one subscription's account
-    must not be sent with another's requests through the shared client."""
-    return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+            raise transport_failure(
+                exc, (target.api_key,), produced=streamed, what=UPSTREAM
+            ) from None
 
 
 async def _deltas(reply: httpx.Response, target: _Target) -> AsyncGenerator[str, None]:
     """The text deltas of a server-sent-events stream of chat-completion chunks."""
     events = 0
     streamed = False
-    async with contextlib.aclosing(_payloads(reply)) as payloads:
+    async with contextlib.aclosing(sse_data(reply)) as payloads:
         async for payload in payloads:
             events += 1
             if payload == "[DONE]":
@@ -170,20 +149,6 @@ async def _deltas(reply: httpx.Response, target: _Target) -> AsyncGenerator[str,
                 yield delta
     if not events:
         raise AgentFailedError("upstream answered without any stream events")
-
-
-async def _payloads(reply: httpx.Response) -> AsyncGenerator[str, None]:
-    """The data of each event; comments, other fields and empty events are skipped."""
-    data: list[str] = []
-    async for line in reply.aiter_lines():
-        name, _, value = line.partition(":")
-        if name == "data":
-            data.append(value.removeprefix(" "))
-        elif not line and data:
-            yield "\n".join(data)
-            data = []
-    if data:  # a last event without its blank line
-        yield "\n".join(data)
 
 
 def _delta(payload: str, target: _Target, *, streamed: bool) -> str | None:
@@ -205,8 +170,8 @@ def _delta(payload: str, target: _Target, *, streamed: bool) -> str | None:
 
 def _stream_error(chunk: dict[str, Any], target: _Target, *, streamed: bool) -> Exception:
     """An error event in a 200 stream: classified like a refusal unless text already went out."""
-    message, hints = _error_text(chunk)
-    message = _redact(message, target.api_key)
+    message, hints = error_text(chunk)
+    message = redact(message, (target.api_key,))
     if streamed:
         return AgentFailedError(f"upstream failed after a partial reply: {message or 'error'}")
     return _classified(None, message, hints, target)
@@ -214,15 +179,15 @@ def _stream_error(chunk: dict[str, Any], target: _Target, *, streamed: bool) -> 
 
 async def _refusal(reply: httpx.Response, target: _Target) -> Exception:
     """The error for a non-2xx answer, read from (at most a few KB of) its body."""
-    raw = await _read_capped(reply)
+    raw = await read_capped(reply)
     try:
         parsed: Any = json.loads(raw)
     except ValueError:
         parsed = raw.decode("utf-8", "replace")
-    message, hints = _error_text(parsed)
-    message = _redact(message, target.api_key)
+    message, hints = error_text(parsed)
+    message = redact(message, (target.api_key,))
     if reply.status_code >= 500:
-        return _Retryable(_with_status(reply.status_code, message))
+        return Retryable(with_status(reply.status_code, message))
     return _classified(reply.status_code, message, hints, target)
 
 
@@ -230,7 +195,7 @@ def _classified(status: int | None, message: str, hints: str, target: _Target) -
     kind = _refusal_kind(status, hints)
     if kind is not None:
         return SubscriptionFailureError(kind, target.subscription_id, message)
-    return AgentFailedError(f"upstream refused the request ({_with_status(status, message)})")
+    return AgentFailedError(f"upstream refused the request ({with_status(status, message)})")
 
 
 def _refusal_kind(status: int | None, hints: str) -> str | None:
@@ -245,56 +210,3 @@ def _refusal_kind(status: int | None, hints: str) -> str | None:
     if any(hint in hints for hint in AUTH_HINTS):
         return "auth"
     return None
-
-
-def _error_text(parsed: Any) -> tuple[str, str]:
-    """(a short message for people, lower-case text to classify) of an error body."""
-    error = parsed.get("error", parsed) if isinstance(parsed, dict) else parsed
-    if isinstance(error, dict):
-        message = error.get("message") or error.get("detail") or ""
-        extra = [error.get("code"), error.get("type")]
-    else:
-        message, extra = error, []
-    message = " ".join(str(message or "").split())
-    hints = " ".join(str(part) for part in (message, *extra) if part).lower()
-    return _short(message), hints
-
-
-async def _read_capped(reply: httpx.Response) -> bytes:
-    body = bytearray()
-    chunks = cast(AsyncGenerator[bytes, None], reply.aiter_bytes())
-    async with contextlib.aclosing(chunks):
-        async for chunk in chunks:
-            body += chunk
-            if len(body) >= ERROR_BODY_LIMIT:
-                break
-    return bytes(body[:ERROR_BODY_LIMIT])
-
-
-def _transport_failure(exc: httpx.HTTPError, target: _Target, *, streamed: bool) -> Exception:
-    reason = _redact(
-        f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, target.api_key
-    )
-    if streamed:
-        return AgentFailedError(f"upstream stream broke off after a partial reply: {reason}")
-    if isinstance(exc, RETRYABLE):
-        return _Retryable(reason)
-    return AgentFailedError(f"upstream failed: {reason}")
-
-
-def _backoff(base: float, attempt: int) -> float:
-    delay: float = base * 2**attempt
-    return delay + random.uniform(0, delay * JITTER)
-
-
-def _with_status(status: int | None, message: str) -> str:
-    head = "in the stream" if status is None else f"status {status}"
-    return f"{head}: {message}" if message else head
-
-
-def _short(text: str) -> str:
-    return text if len(text) <= DETAIL_LIMIT else text[: DETAIL_LIMIT - 1] + "…"
-
-
-def _redact(text: str, secret: str) -> str:
-    return text.replace(secret, REDACTED) if secret else text

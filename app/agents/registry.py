@@ -36,24 +36,14 @@ class AgentRegistry:
     def from_settings(
         cls, settings: Settings, environ: Mapping[str, str] | None = None
     ) -> AgentRegistry:
-        """Load the agents file (or the built-in echo agent) and build each agent's backend."""
-        from app.agents.openai import OpenAIAgent  # httpx clients only where configured
+        """Load the agents file (or the built-in echo agent) and build each agent's backend.
 
+        Raises AgentsConfigError for an invalid file or a python entrypoint that does not
+        import or does not implement the Agent protocol."""
         if settings.agents_file is None:
             return cls()
         config = load_agents_file(settings.agents_file, os.environ if environ is None else environ)
-
-        def build(agent: AgentConfig) -> Agent:
-            if agent.backend == "openai":
-                return OpenAIAgent(
-                    agent,
-                    connect_timeout=settings.upstream_connect_timeout_seconds,
-                    read_timeout=settings.upstream_read_timeout_seconds,
-                    max_retries=settings.upstream_max_retries,
-                )
-            return EchoAgent()
-
-        return cls({a.id: build(a) for a in config.agents.values()}, config=config)
+        return cls({a.id: _build(a, settings) for a in config.agents.values()}, config=config)
 
     def resolve(self, agent_id: str | None) -> str:
         """The agent id a run will use; raises UnknownAgentError for an unknown one."""
@@ -80,3 +70,30 @@ class AgentRegistry:
         for agent in self._agents.values():
             with contextlib.suppress(Exception):
                 await agent.aclose()
+
+
+def _build(agent: AgentConfig, settings: Settings) -> Agent:
+    # Backends are imported where configured: httpx clients and AG-UI models only if used.
+    if agent.backend == "openai":
+        from app.agents.openai import OpenAIAgent
+
+        return OpenAIAgent(
+            agent,
+            connect_timeout=settings.upstream_connect_timeout_seconds,
+            read_timeout=settings.upstream_read_timeout_seconds,
+            max_retries=settings.upstream_max_retries,
+        )
+    if agent.backend == "ag-ui":
+        from app.agents.agui import AGUIAgent
+
+        return AGUIAgent(
+            agent,
+            connect_timeout=agent.connect_timeout or settings.upstream_connect_timeout_seconds,
+            read_timeout=agent.read_timeout or settings.upstream_read_timeout_seconds,
+            max_retries=settings.upstream_max_retries,
+        )
+    if agent.backend == "python":
+        from app.agents.python import load_python_agent
+
+        return load_python_agent(agent)
+    return EchoAgent()

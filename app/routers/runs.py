@@ -7,12 +7,44 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from app.deps import CallerDep
+from app.deps import Caller, CallerDep
+from app.errors import RunNotFoundError, RunTerminalError
+from app.routers.schemas import BulkCancelIn
 from app.routers.sessions import IdempotencyKey
+from app.sessions.ref import SessionRef
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
 CANCEL_WAIT_SECONDS = 5.0
+
+
+@router.post("/cancel")
+async def cancel_runs(body: BulkCancelIn, caller: CallerDep) -> dict[str, Any]:
+    """Cancel many runs: the ones named, or a session's queued, running or all runs.
+    Answers per run: cancelled, cancel_requested, not_found or already_ended."""
+    resources = caller.resources
+    if body.session_id is not None:
+        session = SessionRef.of(caller.tenant, body.session_id)
+        view = await resources.reads.view(session)
+        run_ids = []
+        if body.status in ("running", "all") and view.active_run is not None:
+            run_ids.append(view.active_run.run_id)
+        if body.status in ("queued", "all"):
+            run_ids += [run.run_id for run in view.queued]
+    else:
+        run_ids = list(dict.fromkeys(body.run_ids or []))
+    return {"results": [await _cancel_one(caller, run_id) for run_id in run_ids]}
+
+
+async def _cancel_one(caller: Caller, run_id: str) -> dict[str, Any]:
+    control, reads = caller.resources.control, caller.resources.reads
+    try:
+        now = await control.cancel(reads.locate(run_id, caller.tenant), run_id)
+    except RunNotFoundError:
+        return {"run_id": run_id, "outcome": "not_found"}
+    except RunTerminalError as ended:
+        return {"run_id": run_id, "outcome": "already_ended", "status": ended.run_status}
+    return {"run_id": run_id, "outcome": "cancelled" if now else "cancel_requested"}
 
 
 @router.get("/{run_id}")

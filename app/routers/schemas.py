@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.sessions.models import BusyPolicy
 
@@ -20,3 +20,21 @@ class MessageIn(BaseModel):
     agent_id: str | None = Field(default=None, min_length=1, max_length=64)
     metadata: MetadataField = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class BulkCancelIn(BaseModel):
+    """Either `run_ids`, or a `session_id` with the `status` of the runs to cancel."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_ids: list[str] | None = Field(default=None, min_length=1, max_length=100)
+    session_id: str | None = Field(
+        default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$"
+    )
+    status: Literal["queued", "running", "all"] = "all"
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> BulkCancelIn:
+        if (self.run_ids is None) == (self.session_id is None):
+            raise ValueError("give either run_ids or session_id")
+        return self

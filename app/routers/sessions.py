@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 
 from app.deps import SessionCall, SessionDep
-from app.errors import IdempotencyConflictError, RedisUnavailableError
+from app.errors import IdempotencyConflictError, LeasegateError, RedisUnavailableError
 from app.routers.schemas import MessageIn
 from app.sessions.models import BusyPolicy, NewRun
 from app.sessions.service import Submitted
@@ -30,12 +33,20 @@ IdempotencyKey = Annotated[
 ]
 
 
+OnDisconnect = Annotated[
+    Literal["continue", "cancel"],
+    Query(description="With `wait`: `cancel` cancels the run when the client goes away."),
+]
+
+
 @router.post("/{session_id}/messages", status_code=202)
 async def post_message(
     body: MessageIn,
     call: SessionDep,
+    request: Request,
     wait: WaitQuery = None,
     idempotency_key: IdempotencyKey = None,
+    on_disconnect: OnDisconnect = "continue",
 ) -> JSONResponse:
     if body.idempotency_key and idempotency_key and body.idempotency_key != idempotency_key:
         raise IdempotencyConflictError("the Idempotency-Key header and body field differ")
@@ -49,9 +60,12 @@ async def post_message(
     )
     submitted = await resources.sessions.submit(session, new)
     admission = submitted.admission
-    extra = {"idempotent_replay": True} if admission.duplicate else {}
+    extra: dict[str, Any] = {"idempotent_replay": True} if admission.duplicate else {}
     if wait is not None:
-        ended = await wait_for_end(call, submitted, wait)
+        waiting = wait_for_end(call, submitted, wait)
+        if on_disconnect == "cancel":
+            waiting = cancel_on_disconnect(call, admission.run_id, waiting, request)
+        ended = await waiting
         if ended is not None:
             return JSONResponse(ended | extra, status_code=200)
     return JSONResponse(
@@ -60,10 +74,39 @@ async def post_message(
             "session_id": session.session_id,
             "status": admission.status.value,
             "queue_position": admission.queue_position,
+            "disposition": admission.disposition,
         }
+        | (
+            {"interrupted_run_id": admission.interrupted_run_id}
+            if admission.interrupted_run_id
+            else {}
+        )
         | extra,
         status_code=202,
     )
+
+
+async def cancel_on_disconnect(
+    call: SessionCall, run_id: str, waiting: Awaitable[dict[str, Any] | None], request: Request
+) -> dict[str, Any] | None:
+    """Wait as `waiting` does; if the client goes away first, cancel the run."""
+    wait_task = asyncio.ensure_future(waiting)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({wait_task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if wait_task.done():
+        return wait_task.result()
+    wait_task.cancel()
+    with contextlib.suppress(LeasegateError):
+        await call.resources.control.cancel(call.session, run_id, reason="client_disconnected")
+    return None
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def wait_for_end(
@@ -110,9 +153,31 @@ async def get_transcript(call: SessionDep) -> dict[str, Any]:
 
 
 @router.post("/{session_id}/stop")
-async def stop_session(call: SessionDep, idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
-    cancelled = await call.resources.control.stop(call.session, idempotency_key)
-    return {"session_id": call.session.session_id, "cancelled": cancelled}
+async def stop_session(
+    call: SessionDep,
+    idempotency_key: IdempotencyKey = None,
+    queued: Annotated[
+        Literal["cancel", "keep"],
+        Query(description="`keep` stops only the active run and lets the queue drain."),
+    ] = "cancel",
+) -> dict[str, Any]:
+    stopped = await call.resources.control.stop(
+        call.session, idempotency_key, keep_queued=queued == "keep"
+    )
+    return {
+        "session_id": call.session.session_id,
+        "cancelled": stopped.cancelled,
+        "kept": stopped.kept,
+    }
+
+
+@router.delete("/{session_id}")
+async def delete_session(
+    call: SessionDep, idempotency_key: IdempotencyKey = None
+) -> dict[str, Any]:
+    """Stop everything, then erase the session: its runs, transcript and events."""
+    cancelled = await call.resources.control.delete(call.session, idempotency_key)
+    return {"session_id": call.session.session_id, "deleted": True, "cancelled": cancelled}
 
 
 @router.post("/{session_id}/reset")

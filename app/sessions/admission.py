@@ -39,7 +39,8 @@ MAX_METADATA_BYTES = 8 * 1024
 # Returns, to the first call and to any re-send of it (same run id and token):
 #   {STARTED, position, first run's two fields}: the caller holds the lease and must run
 #     `first` (the new run, or the head of a queue a lost holder left behind);
-#   {QUEUED, position, active run id}; {DUPLICATE, the existing run's two fields};
+#   {QUEUED, position, active run id, disposition}; {DUPLICATE, the existing run's two
+#   fields};
 #   {REJECTED, active run id}; {QUEUE_FULL, queue length}
 ADMIT = """
 local function main()
@@ -55,7 +56,7 @@ local function main()
       if index then position = index + 1 end
       return append({STARTED, position}, flat(active, load_run(active)))
     end
-    return {QUEUED, index and index + 1 or 0, active}
+    return {QUEUED, index and index + 1 or 0, active, mine.disposition or 'queued'}
   end
   if ARGV[7] == '1' then
     local now = now_us()
@@ -88,26 +89,34 @@ local function main()
   redis.call('ZADD', K_ORDER, now, run_id)
   emit('queued', run_id, '')
   if not granted then
+    run.disposition = 'queued'
+    if policy == 'interrupt' then
+      if active ~= '' and request_stop(active, 'interrupted', 'interrupted_by:' .. run_id) then
+        run.disposition, run.interrupted_run_id = 'interrupted', active
+      end
+      save_run(run_id, run)
+      retain()
+      redis.call('LPUSH', K_QUEUE, run_id)
+      return {QUEUED, 1, active, run.disposition}
+    end
     save_run(run_id, run)
     retain()
-    if policy == 'interrupt' then
-      redis.call('LPUSH', K_QUEUE, run_id)
-      if active ~= '' then request_stop(active, 'interrupted') end
-      return {QUEUED, 1, active}
-    end
-    return {QUEUED, redis.call('RPUSH', K_QUEUE, run_id), active}
+    return {QUEUED, redis.call('RPUSH', K_QUEUE, run_id), active, 'queued'}
   end
   -- Granted: this worker holds the session now. A run still marked running belonged to
   -- a holder whose lease expired; the queue it left goes first.
   local holder = ARGV[5]
   settle_orphan(now, active)
   local stop_pending = active == '' and state[3]
+  local holding = {'holder', holder, 'generation', generation, 'held_since', now}
   if redis.call('LLEN', K_QUEUE) == 0 then
-    start(run_id, run, now, holder, {'holder', holder, 'generation', generation}, stop_pending)
+    run.disposition = 'started'
+    start(run_id, run, now, holder, holding, stop_pending)
     retain()
     return append({STARTED, 0}, flat(run_id, run, ARGV[6]))
   end
-  redis.call('HSET', K_STATE, 'holder', holder, 'generation', generation)
+  redis.call('HSET', K_STATE, unpack(holding))
+  run.disposition = 'queued'
   save_run(run_id, run)
   local position = redis.call('RPUSH', K_QUEUE, run_id) - 1
   local first_id, first = pop_next(now, holder, stop_pending)
@@ -184,12 +193,29 @@ class Admissions:
         if code == Code.STARTED:
             first = Run.from_record(decode_run_pair(reply[2], reply[3]))
             status = RunStatus.RUNNING if first.run_id == run_id else RunStatus.QUEUED
-            return Admission(run_id, status, int(reply[1]), start=StartedHold(token, sent, first))
+            disposition = "started" if first.run_id == run_id else "queued"
+            hold = StartedHold(token, sent, first)
+            return Admission(run_id, status, int(reply[1]), start=hold, disposition=disposition)
         if code == Code.QUEUED:
-            return Admission(run_id, RunStatus.QUEUED, int(reply[1]))
+            disposition = as_text(reply[3])
+            interrupted = as_text(reply[2]) if disposition == "interrupted" else None
+            return Admission(
+                run_id,
+                RunStatus.QUEUED,
+                int(reply[1]),
+                disposition=disposition,
+                interrupted_run_id=interrupted,
+            )
         if code == Code.DUPLICATE:
             existing = Run.from_record(decode_run_pair(reply[1], reply[2]))
-            return Admission(existing.run_id, existing.status, 0, duplicate=True, run=existing)
+            return Admission(
+                existing.run_id,
+                existing.status,
+                0,
+                duplicate=True,
+                run=existing,
+                disposition=existing.disposition,
+            )
         if code == Code.REJECTED:
             raise SessionBusyError(session.session_id, as_text(reply[1]) or None)
         if code == Code.QUEUE_FULL:

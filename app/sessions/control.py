@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
@@ -33,18 +34,31 @@ local function answer(result)
   return result
 end
 
-local function cancel_queue(reason, now)
+local function cancel_queue(error, now, reason)
   local cancelled = {}
   for _, run_id in ipairs(redis.call('LRANGE', K_QUEUE, 0, -1)) do
-    if finish_run(run_id, 'cancelled', reason, now) then table.insert(cancelled, run_id) end
+    if finish_run(run_id, 'cancelled', error, now, reason) then
+      table.insert(cancelled, run_id)
+    end
   end
   redis.call('DEL', K_QUEUE)
   return cancelled
 end
+
+-- End the active run here (its holder's writes are refused from now on, the fence moves
+-- past them) and tell the holder to stop without writing.
+local function end_active(error, now, reason)
+  local active = redis.call('HGET', K_STATE, 'active_run') or ''
+  if active ~= '' and finish_run(active, 'cancelled', error, now, reason) then
+    signal_holder(active, 'reset:' .. reason)
+    return active
+  end
+  return nil
+end
 """
 
 # KEYS: SessionKeys.all, then KEYS[8] this request's reply key
-# ARGV[1] run id
+# ARGV[1] run id, ARGV[2] reason recorded on the run (api, client_disconnected)
 # Returns {NOT_FOUND} | {CANCELLED} | {CANCEL_REQUESTED} | {TERMINAL, status}
 CANCEL = (
     _ANSWER
@@ -57,11 +71,11 @@ local function main()
   if not run then return {NOT_FOUND} end
   if run.status == 'queued' then
     redis.call('LREM', K_QUEUE, 0, run_id)
-    finish_run(run_id, 'cancelled', 'cancelled by request', now_us())
+    finish_run(run_id, 'cancelled', 'cancelled by request', now_us(), ARGV[2])
     return answer({CANCELLED})
   end
   if run.status == 'running' then
-    request_stop(run_id, 'cancelled')
+    request_stop(run_id, 'cancelled', ARGV[2])
     return answer({CANCEL_REQUESTED})
   end
   return answer({TERMINAL, run.status})
@@ -70,8 +84,9 @@ end
 )
 
 # KEYS: SessionKeys.all, then KEYS[8] this request's reply key
-# Returns {NOT_FOUND} for a session that does not exist; else {OK, run ids...}: the runs
-#   cancelled or asked to stop (the active one last).
+# ARGV[1] 'cancel' to cancel the queued runs too, 'keep' to let them run
+# Returns {NOT_FOUND} for a session that does not exist; else {OK, how many were stopped,
+#   the runs cancelled or asked to stop (the active one last)..., the runs kept...}
 STOP = (
     _ANSWER
     + """
@@ -79,10 +94,17 @@ local function main()
   local prior = redis.call('GET', K_REPLY)
   if prior then return cjson.decode(prior) end
   if redis.call('EXISTS', K_STATE) == 0 then return {NOT_FOUND} end
-  local cancelled = cancel_queue('session stopped', now_us())
+  local cancelled, kept = {}, {}
+  if ARGV[1] == 'keep' then
+    kept = redis.call('LRANGE', K_QUEUE, 0, -1)
+  else
+    cancelled = cancel_queue('session stopped', now_us(), 'stop')
+  end
   local active = redis.call('HGET', K_STATE, 'active_run') or ''
-  if active ~= '' and request_stop(active, 'cancelled') then table.insert(cancelled, active) end
-  return answer(append({OK}, cancelled))
+  if active ~= '' and request_stop(active, 'cancelled', 'stop') then
+    table.insert(cancelled, active)
+  end
+  return answer(append(append({OK, #cancelled}, cancelled), kept))
 end
 """
 )
@@ -97,12 +119,9 @@ local function main()
   if prior then return cjson.decode(prior) end
   if redis.call('EXISTS', K_STATE) == 0 then return {NOT_FOUND} end
   local now = now_us()
-  local cancelled = cancel_queue('session reset', now)
-  local active = redis.call('HGET', K_STATE, 'active_run') or ''
-  if active ~= '' and finish_run(active, 'cancelled', 'session reset', now) then
-    signal_holder(active, 'reset')
-    table.insert(cancelled, active)
-  end
+  local cancelled = cancel_queue('session reset', now, 'reset')
+  local active = end_active('session reset', now, 'reset')
+  if active then table.insert(cancelled, active) end
   redis.call('DEL', K_LEASE, K_TRANSCRIPT)
   redis.call('HINCRBY', K_STATE, 'fence', 1)
   local generation = redis.call('HINCRBY', K_STATE, 'generation', 1)
@@ -116,6 +135,36 @@ end
 """
 )
 
+# Erase a session: stop everything, then delete all its keys (its runs, transcript and
+# events included). Its old holder's writes are refused: its token no longer holds a lease.
+# KEYS: SessionKeys.all, then KEYS[8] this request's reply key
+# Returns {NOT_FOUND} for a session that does not exist; else {OK, run ids stopped...}
+DELETE = (
+    _ANSWER
+    + """
+local function main()
+  local prior = redis.call('GET', K_REPLY)
+  if prior then return cjson.decode(prior) end
+  if redis.call('EXISTS', K_STATE) == 0 then return {NOT_FOUND} end
+  local now = now_us()
+  local cancelled = cancel_queue('session deleted', now, 'deleted')
+  local active = end_active('session deleted', now, 'deleted')
+  if active then table.insert(cancelled, active) end
+  redis.call('DEL', K_LEASE, K_STATE, K_QUEUE, K_RUNS, K_ORDER, K_TRANSCRIPT, K_EVENTS)
+  last_event = nil  -- nothing to announce on a stream that is gone
+  return answer(append({OK}, cancelled))
+end
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    cancelled: list[str]
+    """The runs cancelled, and the active one asked to stop (last)."""
+    kept: list[str]
+    """The queued runs left to run (`queued=keep`)."""
+
 
 class Control:
     def __init__(self, redis: Redis, limits: Limits) -> None:
@@ -123,14 +172,17 @@ class Control:
         self._cancel = Script(redis, CANCEL, limits, name="cancel")
         self._stop = Script(redis, STOP, limits, name="stop")
         self._reset = Script(redis, RESET, limits, name="reset")
+        self._delete = Script(redis, DELETE, limits, name="delete")
 
     @property
     def scripts(self) -> list[Script]:
-        return [self._cancel, self._stop, self._reset]
+        return [self._cancel, self._stop, self._reset, self._delete]
 
-    async def cancel(self, session: SessionRef, run_id: str, key: str | None = None) -> bool:
+    async def cancel(
+        self, session: SessionRef, run_id: str, key: str | None = None, reason: str = "api"
+    ) -> bool:
         """Cancel a run. True when it is cancelled now, False when its holder was asked to stop."""
-        reply = await self._cancel(_with_reply(session, "cancel", key), [run_id])
+        reply = await self._cancel(_with_reply(session, "cancel", key), [run_id, reason])
         code = Code(reply[0])
         if code == Code.NOT_FOUND:
             raise RunNotFoundError(run_id)
@@ -138,8 +190,20 @@ class Control:
             raise RunTerminalError(run_id, as_text(reply[1]))
         return code == Code.CANCELLED
 
-    async def stop(self, session: SessionRef, key: str | None = None) -> list[str]:
-        reply = await self._stop(_with_reply(session, "stop", key), [])
+    async def stop(
+        self, session: SessionRef, key: str | None = None, *, keep_queued: bool = False
+    ) -> Stopped:
+        mode = "keep" if keep_queued else "cancel"
+        reply = await self._stop(_with_reply(session, f"stop-{mode}", key), [mode])
+        if Code(reply[0]) == Code.NOT_FOUND:
+            raise SessionNotFoundError(session.session_id)
+        stopped = int(reply[1])
+        runs = [as_text(run_id) for run_id in reply[2:]]
+        return Stopped(cancelled=runs[:stopped], kept=runs[stopped:])
+
+    async def delete(self, session: SessionRef, key: str | None = None) -> list[str]:
+        """Stop everything and erase the session; the runs that were stopped."""
+        reply = await self._delete(_with_reply(session, "delete", key), [])
         if Code(reply[0]) == Code.NOT_FOUND:
             raise SessionNotFoundError(session.session_id)
         return [as_text(run_id) for run_id in reply[1:]]

@@ -166,11 +166,11 @@ async def _execute(
     if held.lost is not None:
         active.stop("lost")
     elif early is not None or deps.closing():
-        active.stop(early or "interrupted")
+        active.stop(early or "interrupted:shutdown")
     deps.renewals.confirm(held, run.run_id)
     deadline = None
     if run.timeout_seconds is not None:
-        deadline = loop.call_later(run.timeout_seconds, active.stop, "timed_out")
+        deadline = loop.call_later(run.timeout_seconds, active.stop, "timed_out:timeout")
     try:
         await asyncio.wait([active.task])
     finally:
@@ -180,7 +180,7 @@ async def _execute(
         deps.active.pop(run.run_id, None)
         current.clear()
     await active.deltas.drain()
-    if active.stop_reason in ("lost", "reset") or held.lost is not None:
+    if _stopped_as(active) in ("lost", "reset") or held.lost is not None:
         deps.metrics.stale_writes.inc()
         log.warning(
             "session %s: run %s ends without writing: lease lost (fence %d)",
@@ -194,13 +194,20 @@ async def _execute(
     return outcome
 
 
+def _stopped_as(active: ActiveRun) -> str:
+    """The status a stop asked for: stop reasons are "<status>:<who>" (cancelled:stop,
+    interrupted:interrupted_by:<run>, timed_out:timeout, reset:deleted), or "lost"."""
+    return (active.stop_reason or "").partition(":")[0]
+
+
 def _outcome(active: ActiveRun) -> Finished:
     assert active.task is not None
     output = "".join(active.parts)
     subscription = active.subscription or ""
     if active.task.cancelled():
-        status = STOP_STATUS.get(active.stop_reason or "", RunStatus.CANCELLED)
-        return Finished(status, output, f"run {status.value}", subscription)
+        status = STOP_STATUS.get(_stopped_as(active), RunStatus.CANCELLED)
+        why = (active.stop_reason or "").partition(":")[2]
+        return Finished(status, output, f"run {status.value}", subscription, reason=why)
     error = active.task.exception()
     if error is not None:
         log.warning("run %s failed: %s", active.run.run_id, error)

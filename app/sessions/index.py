@@ -39,8 +39,8 @@ local function main()
   local active = redis.call('HGET', K_STATE, 'active_run') or ''
   if active == '' and redis.call('LLEN', K_QUEUE) == 0 then return {IDLE} end
   redis.call('SET', K_LEASE, ARGV[1], 'PX', LEASE_TTL_MS)
-  redis.call('HSET', K_STATE, 'holder', ARGV[2])
   local now = now_us()
+  redis.call('HSET', K_STATE, 'holder', ARGV[2], 'held_since', now)
   settle_orphan(now, active)
   local first_id, first = pop_next(now, ARGV[2], true)
   if not first_id then

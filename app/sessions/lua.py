@@ -150,11 +150,13 @@ local function retain()
   redis.call('PEXPIRE', K_ORDER, RETENTION_MS)
 end
 
--- A queued or running run ends with `status`; no terminal status ever changes.
-local function finish_run(run_id, status, error, now)
+-- A queued or running run ends with `status`; no terminal status ever changes. `reason`
+-- says who ended it (api, stop, reset, ...), for runs that did not end by themselves.
+local function finish_run(run_id, status, error, now, reason)
   local run = load_run(run_id)
   if not run or (run.status ~= 'queued' and run.status ~= 'running') then return nil end
   run.status, run.finished_at, run.error = status, now, error
+  if reason then run.reason = reason end
   save_run(run_id, run)
   emit(status, run_id, error)
   return run
@@ -198,13 +200,15 @@ local function pop_next(now, holder, stop_pending)
   end
 end
 
--- Ask the holder to stop the active run: written to the state (the holder's renewal
--- reads it) and published (the holder hears it at once).
-local function request_stop(run_id, reason)
+-- Ask the holder to stop the active run with `status` (cancelled, interrupted), saying
+-- why: written to the state (the holder's renewal reads it) and published (the holder
+-- hears it at once) as "<status>:<reason>".
+local function request_stop(run_id, status, reason)
   local run = load_run(run_id)
   if not run or run.status ~= 'running' then return false end
-  redis.call('HSET', K_STATE, 'stop_run', run_id, 'stop', reason)
-  signal_holder(run_id, reason)
+  local stop = status .. ':' .. reason
+  redis.call('HSET', K_STATE, 'stop_run', run_id, 'stop', stop)
+  signal_holder(run_id, stop)
   return true
 end
 

@@ -63,6 +63,13 @@ class Run:
     subscription: str | None = None
 
     attempt: int = 1
+    disposition: str | None = None
+    """What admission did with it: started, queued, interrupted (`interrupted_run_id`)."""
+    interrupted_run_id: str | None = None
+    reason: str | None = None
+    """Who ended it, when it did not end by itself: api, stop, reset, deleted, timeout,
+    shutdown, client_disconnected, interrupted_by:<run id>."""
+    busy_policy: str | None = None
 
     @classmethod
     def from_record(cls, fields: dict[str, Any]) -> Run:
@@ -92,6 +99,10 @@ class Run:
             timeout_seconds=int(timeout_ms) / 1000 if timeout_ms else None,
             subscription=fields.get("subscription") or None,
             attempt=int(fields.get("attempt") or 1),
+            disposition=fields.get("disposition") or None,
+            interrupted_run_id=fields.get("interrupted_run_id") or None,
+            reason=fields.get("reason") or None,
+            busy_policy=fields.get("busy_policy") or None,
         )
 
     def public(self) -> dict[str, Any]:
@@ -112,6 +123,11 @@ class Run:
             "worker": self.worker,
             "timeout_seconds": self.timeout_seconds,
             "subscription": self.subscription,
+            "busy_policy": self.busy_policy,
+            "disposition": self.disposition,
+            "interrupted_run_id": self.interrupted_run_id,
+            "reason": self.reason,
+            "attempt": self.attempt,
         }
 
 
@@ -126,6 +142,8 @@ class Admission:
     duplicate: bool = False
     start: StartedHold | None = None
     run: Run | None = None
+    disposition: str | None = None
+    interrupted_run_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,20 +157,53 @@ class StartedHold:
 
 
 @dataclass(frozen=True, slots=True)
-class SessionView:
-    session_id: str
-    busy: bool
-    active_run: Run | None
-    queued: list[str]
-    generation: int
+class Holder:
+    """The worker holding a busy session, as Redis knows it."""
+
+    worker: str
+    fence: int
+    lease_expires_in_ms: int
+    held_since: int | None
 
     def public(self) -> dict[str, Any]:
         return {
+            "worker": self.worker,
+            "fence": self.fence,
+            "lease_expires_in_ms": self.lease_expires_in_ms,
+            "held_since": _iso(self.held_since),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    session_id: str
+    holder: Holder | None
+    active_run: Run | None
+    queued: list[Run]
+    generation: int
+    last_error: str | None
+    default_busy_policy: str
+
+    def public(self) -> dict[str, Any]:
+        busy = self.holder is not None or self.active_run is not None or bool(self.queued)
+        return {
             "session_id": self.session_id,
-            "state": "busy" if self.busy else "idle",
+            "state": "busy" if busy else "idle",
+            "holder": self.holder.public() if self.holder else None,
             "active_run": self.active_run.public() if self.active_run else None,
-            "queued": self.queued,
+            "queued": [run.run_id for run in self.queued],
+            "queue": [
+                {
+                    "run_id": run.run_id,
+                    "busy_policy": run.busy_policy,
+                    "disposition": run.disposition,
+                    "created_at": _iso(run.created_at),
+                }
+                for run in self.queued
+            ],
             "generation": self.generation,
+            "last_error": self.last_error,
+            "default_busy_policy": self.default_busy_policy,
         }
 
 

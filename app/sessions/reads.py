@@ -14,16 +14,19 @@ from app.errors import RunNotFoundError, SessionNotFoundError
 from app.redis import as_text, guarded
 from app.sessions.ids import locate_run
 from app.sessions.lua import decode_run_pair
-from app.sessions.models import Run, SessionView
+from app.sessions.models import Holder, Run, SessionView
 from app.sessions.ref import SessionRef
 
 T = TypeVar("T")
 
 
 class Reads:
-    def __init__(self, redis: Redis, *, timeout: float | None = None) -> None:
+    def __init__(
+        self, redis: Redis, *, timeout: float | None = None, default_policy: str = "enqueue"
+    ) -> None:
         self._redis = redis
         self._timeout = timeout
+        self._default_policy = default_policy
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
         return await guarded(awaitable, self._timeout)
@@ -51,27 +54,45 @@ class Reads:
         return await self.get_run(session, as_text(run_id))
 
     async def view(self, session: SessionRef) -> SessionView:
+        """The session as it stands: holder, active run, queue, last error (2 round trips)."""
         keys = session.keys
+        fields = ["generation", "active_run", "holder", "fence", "held_since", "last_error"]
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.exists(keys.lease.lease)
-            pipe.hmget(keys.state, ["generation", "active_run"])
+            pipe.pttl(keys.lease.lease)
+            pipe.hmget(keys.state, fields)
             pipe.lrange(keys.queue, 0, -1)
-            busy, (generation, active_id), queued = await self._call(pipe.execute())
+            pttl, state, queued = await self._call(pipe.execute())
+        generation, active_id, holder, fence, held_since, last_error = (
+            as_text(v) if v is not None else None for v in state
+        )
         if generation is None:
             raise SessionNotFoundError(session.session_id)
-        active = None
-        if active_id:
-            try:
-                active = await self.get_run(session, as_text(active_id))
-            except RunNotFoundError:
-                active = None
+        ids = [active_id] if active_id else []
+        ids += [as_text(q) for q in queued]
+        runs = await self._runs(session, ids)
+        active = runs.pop(0) if active_id and runs and runs[0].run_id == active_id else None
         return SessionView(
             session_id=session.session_id,
-            busy=bool(busy),
+            holder=Holder(
+                holder or "", int(fence or 0), pttl, int(held_since) if held_since else None
+            )
+            if pttl > 0
+            else None,
             active_run=active,
-            queued=[as_text(q) for q in queued],
+            queued=runs,
             generation=int(generation),
+            last_error=last_error or None,
+            default_busy_policy=self._default_policy,
         )
+
+    async def _runs(self, session: SessionRef, run_ids: list[str]) -> list[Run]:
+        """The runs that exist of `run_ids`, in that order (one round trip)."""
+        if not run_ids:
+            return []
+        fields = [f for run_id in run_ids for f in (run_id, f"{run_id}:s")]
+        values = await self._call(self._redis.hmget(session.keys.runs, fields))
+        pairs = zip(values[0::2], values[1::2], strict=True)
+        return [Run.from_record(decode_run_pair(a, s)) for a, s in pairs if a and s]
 
     async def require(self, session: SessionRef) -> None:
         if not await self._call(self._redis.exists(session.keys.state)):
@@ -85,12 +106,7 @@ class Reads:
             exists, run_ids = await self._call(pipe.execute())
         if not exists:
             raise SessionNotFoundError(session.session_id)
-        if not run_ids:
-            return []
-        fields = [f for run_id in map(as_text, run_ids) for f in (run_id, f"{run_id}:s")]
-        values = await self._call(self._redis.hmget(keys.runs, fields))
-        pairs = zip(values[0::2], values[1::2], strict=True)
-        return [Run.from_record(decode_run_pair(a, s)) for a, s in pairs if a and s]
+        return await self._runs(session, [as_text(r) for r in run_ids])
 
     async def transcript(self, session: SessionRef) -> tuple[int, list[dict[str, Any]]]:
         async with self._redis.pipeline(transaction=False) as pipe:

@@ -152,7 +152,7 @@ class Sessions:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace)
         for active in list(self._deps.active.values()):
-            active.stop("interrupted")
+            active.stop("interrupted:shutdown")
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=CLOSE_TIMEOUT)
             for task in pending:

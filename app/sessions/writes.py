@@ -23,8 +23,9 @@ from app.sessions.models import Run, RunStatus
 from app.sessions.ref import SessionRef
 
 # KEYS: SessionKeys.all
-# ARGV[1] token, ARGV[2] fence, ARGV[3] run id, ARGV[4] status, ARGV[5] output, ARGV[6]
-#   error, ARGV[7] subscription ('' for none), ARGV[8] '1' to release even with runs queued
+# ARGV[1] token, ARGV[2] fence, ARGV[3] run id, ARGV[4] status, or "<status>:<reason>" for
+#   a run that was stopped, ARGV[5] output, ARGV[6] error, ARGV[7] subscription ('' for
+#   none), ARGV[8] '1' to release even with runs queued
 # The part of the output not yet sent as delta events is sent from here; the transcript
 # turns are built here from the stored input and the output.
 # Returns {STALE} when the fence is no longer current (nothing written);
@@ -32,7 +33,8 @@ from app.sessions.ref import SessionRef
 #   {RELEASED, runs still queued, ended run's two fields}
 FINISH = """
 local function main()
-  local token, fence, run_id, status = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+  local token, fence, run_id = ARGV[1], ARGV[2], ARGV[3]
+  local status, reason = string.match(ARGV[4], '^([^:]+):?(.*)$')
   local state = redis.call('HMGET', K_STATE, 'fence', 'active_run', 'sent', 'holder', 'stop_run')
   local run = load_run(run_id)
   local mine = redis.call('GET', K_LEASE) == token
@@ -53,6 +55,8 @@ local function main()
     run.status, run.output, run.error, run.finished_at = status, output, ARGV[6], now
     run.subscription, run.closed_by = ARGV[7], fence
     if status == 'completed' then run.error = '' end
+    if reason ~= '' then run.reason = reason end
+    if status == 'failed' then redis.call('HSET', K_STATE, 'last_error', ARGV[6]) end
     save_run(run_id, run)
     if status == 'completed' or status == 'interrupted' then
       local input = cjson.decode(asked).input
@@ -112,6 +116,9 @@ class Finished:
     output: str = ""
     error: str = ""
     subscription: str = ""
+    reason: str = ""
+    """Who stopped the run, if it did not end by itself: stop, api, interrupted_by:<run>,
+    timeout, shutdown, client_disconnected."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +152,9 @@ class HolderWrites:
                 lease.token,
                 lease.fence,
                 run.run_id,
-                outcome.status.value,
+                f"{outcome.status.value}:{outcome.reason}"
+                if outcome.reason
+                else outcome.status.value,
                 outcome.output,
                 outcome.error,
                 outcome.subscription,

@@ -1,0 +1,223 @@
+"""The `ag-ui` backend: runs an agent served over the AG-UI protocol (an HTTP endpoint that
+takes a RunAgentInput and answers a server-sent-event stream of AG-UI events).
+
+Each run is one POST (`agui_wire` says what it carries) with the headers
+
+    Accept: text/event-stream
+    Idempotency-Key: <run id>      the same on a retry, so the agent can recognise one
+    Leasegate-Fence: <fence>       the run's fence (runs outside a session send none)
+    ...and the agent file's `headers_env` headers
+
+Every event is validated with the `ag-ui-protocol` models; `events()` yields them all, in
+order, and is where structured run events will come from. The reply is the text of the
+TEXT_MESSAGE_CONTENT and TEXT_MESSAGE_CHUNK events; RUN_FINISHED completes the run, and
+RUN_ERROR fails it. A refusal of the subscription raises SubscriptionFailureError (which
+switches the agent to its next subscription): HTTP 429, or RUN_ERROR with code
+`rate_limit` or `quota`, is `rate_limit`; HTTP 401, 402 or 403, or RUN_ERROR code `auth`,
+is `auth` (402, an unpaid account, waits for someone to act, as a bad key does; that is
+how openai agents count it too). A stream that ends without RUN_FINISHED or RUN_ERROR, or
+an event that does not validate, fails the run. Connection failures and 5xx answers are
+retried with backoff until the first event arrives, never after.
+
+Cancellation (stop, cancel, interrupt, timeout, a lost lease) closes the response at once:
+the connection is dropped and the agent sees its client leave.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from ag_ui.core import (
+    Event,
+    RunErrorEvent,
+    RunFinishedCancelledOutcome,
+    RunFinishedEvent,
+    TextMessageChunkEvent,
+    TextMessageContentEvent,
+)
+
+from app.agents.agui_wire import RunIds, parse_event, run_input
+from app.agents.base import AgentRequest, Subscription
+from app.agents.config import AgentConfig
+from app.agents.upstream import (
+    Retryable,
+    error_text,
+    no_cookies,
+    read_capped,
+    redact,
+    retrying,
+    short,
+    sse_data,
+    transport_failure,
+    with_status,
+)
+from app.errors import AgentFailedError, SubscriptionFailureError
+
+log = logging.getLogger(__name__)
+
+REFUSAL_STATUSES = {429: "rate_limit", 401: "auth", 402: "auth", 403: "auth"}
+REFUSAL_CODES = {"rate_limit": "rate_limit", "quota": "rate_limit", "auth": "auth"}
+"""RUN_ERROR codes that refuse the subscription, and the switch kind each counts as."""
+EVENT_STREAM = "text/event-stream"
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One run's request, as every attempt sends it."""
+
+    body: str
+    headers: dict[str, str]
+    subscription: Subscription | None
+    secrets: tuple[str, ...]
+
+
+class AGUIAgent:
+    """An agent served over AG-UI at the agents file's `url`."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        max_retries: int = 2,
+        backoff_base: float = 0.2,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if not config.url:
+            raise ValueError(f"ag-ui agent {config.id!r} needs a url")
+        self._config = config
+        self._url = config.url
+        self._what = f"ag-ui agent {config.id!r}"
+        self._max_retries = max_retries
+        self._backoff_base = backoff_base
+        timeout = httpx.Timeout(
+            connect=connect_timeout, read=read_timeout, write=connect_timeout, pool=connect_timeout
+        )
+        self._client = httpx.AsyncClient(
+            timeout=timeout, transport=transport, cookies=no_cookies(), headers=config.headers
+        )
+
+    async def stream(self, request: AgentRequest) -> AsyncIterator[str]:
+        streamed = False
+        async with contextlib.aclosing(self.events(request)) as events:
+            async for event in events:
+                if isinstance(event, TextMessageContentEvent | TextMessageChunkEvent):
+                    if event.delta:
+                        streamed = True
+                        yield event.delta
+                elif isinstance(event, RunErrorEvent):
+                    raise self._run_error(event, request, streamed=streamed)
+                elif isinstance(event, RunFinishedEvent) and isinstance(
+                    event.outcome, RunFinishedCancelledOutcome
+                ):
+                    raise AgentFailedError(f"{self._what} ended the run cancelled")
+
+    async def events(self, request: AgentRequest) -> AsyncGenerator[Event, None]:
+        """Every event of the run, validated, in order, up to its RUN_FINISHED or RUN_ERROR
+        (the last one yielded). Raises for a refusal, a transport failure after the retries,
+        an invalid event, or a stream that ends before either."""
+        call = await self._call(request)
+        events = retrying(
+            lambda: self._attempt(call),
+            max_retries=self._max_retries,
+            backoff_base=self._backoff_base,
+            what=self._what,
+            agent_id=self._config.id,
+        )
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
+
+    async def aclose(self) -> None:
+        """Close the client now, streams still using it included."""
+        await self._client.aclose()
+
+    async def _call(self, request: AgentRequest) -> _Call:
+        ids = RunIds.of(request)
+        history = await request.history() if request.history is not None else []
+        body = run_input(request, history, ids).model_dump_json(by_alias=True)
+        headers = {
+            "Accept": EVENT_STREAM,
+            "Content-Type": "application/json",
+            "Idempotency-Key": ids.run_id,
+        }
+        if request.run is not None:
+            headers["Leasegate-Fence"] = str(request.run.fence)
+        return _Call(body, headers, request.subscription, self._secrets(request))
+
+    async def _attempt(self, call: _Call) -> AsyncGenerator[Event, None]:
+        """One POST. Raises Retryable only if it failed before its first event."""
+        received = False
+        try:
+            async with self._client.stream(
+                "POST", self._url, content=call.body, headers=call.headers
+            ) as reply:
+                if not reply.is_success:
+                    raise await self._refusal(reply, call)
+                self._check_event_stream(reply)
+                async with contextlib.aclosing(sse_data(reply)) as payloads:
+                    async for payload in payloads:
+                        event = parse_event(payload, call.secrets)
+                        if isinstance(event, str):
+                            raise AgentFailedError(f"{self._what} sent {event}")
+                        received = True
+                        yield event
+                        if isinstance(event, RunFinishedEvent | RunErrorEvent):
+                            return
+            ended = "after its last event" if received else "without any event"
+            raise AgentFailedError(
+                f"{self._what}: the event stream ended {ended}, before RUN_FINISHED or RUN_ERROR"
+            )
+        except httpx.HTTPError as exc:
+            raise transport_failure(exc, call.secrets, produced=received, what=self._what) from None
+
+    def _secrets(self, request: AgentRequest) -> tuple[str, ...]:
+        """What no error message may contain: the subscription's key, the configured headers."""
+        key = request.subscription.api_key if request.subscription else None
+        return tuple(s for s in (key, *self._config.headers.values()) if s)
+
+    def _check_event_stream(self, reply: httpx.Response) -> None:
+        content_type = reply.headers.get("content-type", "")
+        if not content_type.startswith(EVENT_STREAM):
+            raise AgentFailedError(
+                f"{self._what} answered {short(content_type) or 'without a content type'}, "
+                f"not an event stream ({EVENT_STREAM})"
+            )
+
+    async def _refusal(self, reply: httpx.Response, call: _Call) -> Exception:
+        """The error for a non-2xx answer, read from (at most a few KB of) its body."""
+        raw = await read_capped(reply)
+        parsed: Any
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = raw.decode("utf-8", "replace")
+        message = redact(error_text(parsed)[0], call.secrets)
+        status = reply.status_code
+        if status >= 500:
+            return Retryable(with_status(status, message))
+        kind = REFUSAL_STATUSES.get(status)
+        if kind is not None and call.subscription is not None:
+            return SubscriptionFailureError(
+                kind, call.subscription.id, with_status(status, message)
+            )
+        return AgentFailedError(f"{self._what} refused the run ({with_status(status, message)})")
+
+    def _run_error(
+        self, event: RunErrorEvent, request: AgentRequest, *, streamed: bool
+    ) -> Exception:
+        message = redact(short(" ".join(event.message.split())), self._secrets(request))
+        code = (event.code or "").lower()
+        kind = REFUSAL_CODES.get(code)
+        if kind is not None and request.subscription is not None and not streamed:
+            return SubscriptionFailureError(kind, request.subscription.id, message)
+        after = " after a partial reply" if streamed else ""
+        with_code = f" (code {short(event.code)})" if event.code else ""
+        return AgentFailedError(f"{self._what} failed{after}: {message or 'RUN_ERROR'}{with_code}")

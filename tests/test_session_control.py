@@ -1,0 +1,159 @@
+"""A session that explains itself: dispositions, the holder, the queue, the last error, why
+each run was cancelled; stop that keeps the queue, bulk cancel, erasure, and a waiting
+client that goes away."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from app.redis.server import RedisServer
+from tests.support.api import AppClient, app_client, post, run_of, wait_status
+from tests.support.servers import Servers, client
+from tests.support.waiting import wait_until
+
+SLOW = {"delay_ms": 60_000}
+
+
+@pytest.fixture
+async def api(redis_server: RedisServer, redis: object) -> AsyncIterator[AppClient]:
+    async with app_client(redis_server.url, lease_ttl_seconds=2.0) as http:
+        yield http
+
+
+async def test_every_answer_says_what_admission_did(api: AppClient) -> None:
+    first = (await post(api, "s", "one", metadata=SLOW)).json()
+    second = (await post(api, "s", "two")).json()
+    cutting = (await post(api, "s", "now", busy_policy="interrupt")).json()
+    assert first["disposition"] == "started" and second["disposition"] == "queued"
+    assert cutting["disposition"] == "interrupted"
+    assert cutting["interrupted_run_id"] == first["run_id"]
+    interrupted = await wait_status(api, first["run_id"], "interrupted")
+    assert interrupted["reason"] == f"interrupted_by:{cutting['run_id']}"
+    done = await wait_status(api, cutting["run_id"], "completed")
+    assert done["disposition"] == "interrupted" and done["busy_policy"] == "interrupt"
+    assert (await wait_status(api, second["run_id"], "completed"))["disposition"] == "queued"
+
+
+async def test_a_busy_session_shows_its_holder_queue_and_last_error(api: AppClient) -> None:
+    failed = await post(api, "s", "x", wait=5, metadata={"fail": "error"})
+    assert failed.json()["status"] == "failed"
+    active = (await post(api, "s", "long", metadata=SLOW)).json()
+    queued = (await post(api, "s", "later", busy_policy="enqueue")).json()
+    view = (await api.get("/v1/sessions/s")).json()
+    assert view["state"] == "busy" and view["active_run"]["run_id"] == active["run_id"]
+    assert view["active_run"]["started_at"] is not None
+    holder = view["holder"]
+    assert holder["worker"] and holder["fence"] == view["active_run"]["fence"]
+    assert 0 < holder["lease_expires_in_ms"] <= 2000 and holder["held_since"]
+    assert view["queue"] == [
+        {
+            "run_id": queued["run_id"],
+            "busy_policy": "enqueue",
+            "disposition": "queued",
+            "created_at": (await run_of(api, queued["run_id"]))["created_at"],
+        }
+    ]
+    assert "fail" in view["last_error"] and view["default_busy_policy"] == "enqueue"
+    await api.post("/v1/sessions/s/stop")
+
+
+async def test_stop_can_keep_the_queue(api: AppClient) -> None:
+    active = (await post(api, "s", "long", metadata=SLOW)).json()
+    queued = [(await post(api, "s", f"q{i}")).json()["run_id"] for i in range(2)]
+    stopped = (await api.post("/v1/sessions/s/stop", params={"queued": "keep"})).json()
+    assert stopped["cancelled"] == [active["run_id"]] and stopped["kept"] == queued
+    ended = await wait_status(api, active["run_id"], "cancelled")
+    assert ended["reason"] == "stop"
+    for run_id in queued:
+        assert (await wait_status(api, run_id, "completed"))["status"] == "completed"
+
+
+async def test_stop_cancels_the_queue_and_says_why(api: AppClient) -> None:
+    active = (await post(api, "s", "long", metadata=SLOW)).json()
+    queued = (await post(api, "s", "q")).json()
+    stopped = (await api.post("/v1/sessions/s/stop")).json()
+    assert stopped["cancelled"] == [queued["run_id"], active["run_id"]] and stopped["kept"] == []
+    assert (await run_of(api, queued["run_id"]))["reason"] == "stop"
+    assert (await wait_status(api, active["run_id"], "cancelled"))["reason"] == "stop"
+
+
+async def test_bulk_cancel_answers_per_run(api: AppClient) -> None:
+    done = (await post(api, "s", "done", wait=5)).json()
+    active = (await post(api, "s", "long", metadata=SLOW)).json()
+    queued = (await post(api, "s", "q")).json()
+    missing = done["run_id"][:-4] + "ffff"
+    answer = await api.post(
+        "/v1/runs/cancel",
+        json={"run_ids": [queued["run_id"], active["run_id"], done["run_id"], missing]},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["results"] == [
+        {"run_id": queued["run_id"], "outcome": "cancelled"},
+        {"run_id": active["run_id"], "outcome": "cancel_requested"},
+        {"run_id": done["run_id"], "outcome": "already_ended", "status": "completed"},
+        {"run_id": missing, "outcome": "not_found"},
+    ]
+    assert (await wait_status(api, active["run_id"], "cancelled"))["reason"] == "api"
+    more = [(await post(api, "t", f"m{i}", metadata=SLOW)).json()["run_id"] for i in range(3)]
+    by_session = await api.post("/v1/runs/cancel", json={"session_id": "t", "status": "queued"})
+    assert [r["run_id"] for r in by_session.json()["results"]] == more[1:]
+    assert (await run_of(api, more[0]))["status"] == "running"
+    bad = await api.post("/v1/runs/cancel", json={"run_ids": ["x"], "session_id": "t"})
+    assert bad.status_code == 422 and bad.json()["status"] == 422
+    await api.post("/v1/sessions/t/stop")
+
+
+async def test_a_deleted_session_is_gone_and_its_id_starts_afresh(api: AppClient) -> None:
+    first = (await post(api, "s", "hello", wait=5)).json()
+    active = (await post(api, "s", "long", metadata=SLOW)).json()
+    deleted = await api.delete("/v1/sessions/s")
+    assert deleted.status_code == 200 and deleted.json()["cancelled"] == [active["run_id"]]
+    for path in ("/v1/sessions/s", "/v1/sessions/s/transcript", "/v1/sessions/s/runs"):
+        assert (await api.get(path)).status_code == 404
+    assert (await api.get(f"/v1/runs/{first['run_id']}")).status_code == 404
+    assert (await api.delete("/v1/sessions/s")).status_code == 404
+    again = (await post(api, "s", "fresh start", wait=5)).json()
+    assert again["status"] == "completed" and again["generation"] == 1
+    turns = (await api.get("/v1/sessions/s/transcript")).json()["turns"]
+    assert [t["text"] for t in turns] == ["fresh start", "echo: fresh start"]
+
+
+@pytest.mark.multiprocess
+async def test_a_waiting_client_that_goes_away_cancels_its_run_when_asked(
+    servers: Servers,
+) -> None:
+    session = f"dc-{uuid.uuid4().hex[:8]}"
+    async with client(servers.four_workers) as http:
+        http.timeout = httpx.Timeout(30, read=0.5)  # the client gives up: its connection closes
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post(
+                f"/v1/sessions/{session}/messages",
+                params={"wait": 30, "on_disconnect": "cancel"},
+                json={"text": "long", "metadata": SLOW},
+            )
+        with pytest.raises(httpx.ReadTimeout):
+            await http.post(
+                f"/v1/sessions/{session}-kept/messages",
+                params={"wait": 30},
+                json={"text": "long", "metadata": SLOW},
+            )
+    async with client(servers.other_process) as http:
+
+        async def runs_of(name: str) -> list[dict[str, object]]:
+            runs: list[dict[str, object]] = (await http.get(f"/v1/sessions/{name}/runs")).json()[
+                "runs"
+            ]
+            return runs
+
+        async def cancelled() -> bool:
+            runs = await runs_of(session)
+            return bool(runs) and runs[0]["status"] == "cancelled"
+
+        await wait_until(cancelled, 10, "the run of the client that went away to be cancelled")
+        assert (await runs_of(session))[0]["reason"] == "client_disconnected"
+        assert (await runs_of(f"{session}-kept"))[0]["status"] == "running"  # the default
+        await http.post(f"/v1/sessions/{session}-kept/stop")
