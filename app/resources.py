@@ -96,6 +96,7 @@ class Resources:
             queue_cap=settings.queue_cap,
             retry_lost=settings.retry_lost_runs,
             call_timeout=settings.redis_timeout_seconds,
+            default_policy=settings.default_busy_policy,
         )
         admissions = Admissions(redis, limits, worker=worker)
         writes = HolderWrites(redis, limits)

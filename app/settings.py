@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     )
     retry_after_seconds: int = Field(default=2, ge=1)
     queue_cap: int = Field(default=100, ge=1, description="Queued runs per session at most.")
-    default_busy_policy: Literal["enqueue", "interrupt", "reject"] = "enqueue"
+    default_busy_policy: Literal["enqueue", "interrupt", "reject", "latest", "rollback"] = "enqueue"
     run_retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     sweep_interval_seconds: float = Field(

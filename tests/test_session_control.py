@@ -157,3 +157,47 @@ async def test_a_waiting_client_that_goes_away_cancels_its_run_when_asked(
         assert (await runs_of(session))[0]["reason"] == "client_disconnected"
         assert (await runs_of(f"{session}-kept"))[0]["status"] == "running"  # the default
         await http.post(f"/v1/sessions/{session}-kept/stop")
+
+
+async def test_latest_supersedes_every_queued_run(api: AppClient) -> None:
+    active = (await post(api, "s", "long", metadata={"delay_ms": 600})).json()
+    queued = [(await post(api, "s", f"q{i}")).json()["run_id"] for i in range(10)]
+    latest = (await post(api, "s", "the latest", busy_policy="latest")).json()
+    assert latest["disposition"] == "queued" and latest["superseded_run_ids"] == queued
+    for run_id in queued:
+        run = await run_of(api, run_id)
+        assert run["status"] == "superseded"
+        assert run["reason"] == f"superseded_by:{latest['run_id']}"
+    assert (await wait_status(api, active["run_id"], "completed"))["status"] == "completed"
+    done = await wait_status(api, latest["run_id"], "completed")
+    assert done["superseded_run_ids"] == queued
+    turns = (await api.get("/v1/sessions/s/transcript")).json()["turns"]
+    assert [t["text"] for t in turns if t["role"] == "user"] == ["long", "the latest"]
+
+
+async def test_rollback_stops_the_run_and_keeps_its_turns_out(api: AppClient) -> None:
+    await post(api, "s", "kept", wait=5)
+    active = (await post(api, "s", "regretted", metadata=SLOW)).json()
+    back = (await post(api, "s", "instead", busy_policy="rollback", wait=5)).json()
+    assert back["status"] == "completed" and back["disposition"] == "rolled_back"
+    assert back["rolled_back_run_id"] == active["run_id"]
+    rolled = await run_of(api, active["run_id"])  # its record stays, for audit
+    assert rolled["status"] == "rolled_back"
+    assert rolled["reason"] == f"rolled_back_by:{back['run_id']}"
+    turns = (await api.get("/v1/sessions/s/transcript")).json()["turns"]
+    assert [t["text"] for t in turns if t["role"] == "user"] == ["kept", "instead"]
+
+
+async def test_a_session_default_policy_applies_to_messages_naming_none(api: AppClient) -> None:
+    assert (await api.patch("/v1/sessions/new", json={"busy_policy": "reject"})).status_code == 404
+    await post(api, "s", "create", wait=5)
+    patched = await api.patch("/v1/sessions/s", json={"busy_policy": "reject"})
+    assert patched.status_code == 200 and patched.json()["default_busy_policy"] == "reject"
+    await post(api, "s", "long", metadata=SLOW)
+    refused = await post(api, "s", "no policy named")
+    assert refused.status_code == 409 and refused.json()["status"] == 409
+    named = await post(api, "s", "named", busy_policy="enqueue")
+    assert named.status_code == 202 and named.json()["disposition"] == "queued"
+    bad = await api.patch("/v1/sessions/s", json={"busy_policy": "sometimes"})
+    assert bad.status_code == 422
+    await api.post("/v1/sessions/s/stop")

@@ -38,3 +38,9 @@ class BulkCancelIn(BaseModel):
         if (self.run_ids is None) == (self.session_id is None):
             raise ValueError("give either run_ids or session_id")
         return self
+
+
+class SessionDefaultsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    busy_policy: BusyPolicy

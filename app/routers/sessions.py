@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 
 from app.deps import SessionCall, SessionDep
 from app.errors import IdempotencyConflictError, LeasegateError, RedisUnavailableError
-from app.routers.schemas import MessageIn
-from app.sessions.models import BusyPolicy, NewRun
+from app.routers.schemas import MessageIn, SessionDefaultsIn
+from app.sessions.models import Admission, NewRun
 from app.sessions.service import Submitted
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -54,7 +54,7 @@ async def post_message(
     new = NewRun(
         text=body.text,
         agent_id=resources.agents.resolve(body.agent_id),
-        busy_policy=body.busy_policy or BusyPolicy(resources.settings.default_busy_policy),
+        busy_policy=body.busy_policy,
         metadata=body.metadata,
         idempotency_key=body.idempotency_key or idempotency_key,
     )
@@ -76,6 +76,11 @@ async def post_message(
             "queue_position": admission.queue_position,
             "disposition": admission.disposition,
         }
+        | (
+            {"superseded_run_ids": admission.superseded_run_ids}
+            if admission.superseded_run_ids
+            else {}
+        )
         | (
             {"interrupted_run_id": admission.interrupted_run_id}
             if admission.interrupted_run_id
@@ -126,8 +131,23 @@ async def wait_for_end(
     return run.public() if run.status.terminal else None
 
 
+def _cut(admission: Admission) -> dict[str, Any]:
+    """The run a message interrupted or rolled back, named after what it did."""
+    if admission.interrupted_run_id is None:
+        return {}
+    name = "rolled_back_run_id" if admission.disposition == "rolled_back" else "interrupted_run_id"
+    return {name: admission.interrupted_run_id}
+
+
 @router.get("/{session_id}")
 async def get_session(call: SessionDep) -> dict[str, Any]:
+    return (await call.resources.reads.view(call.session)).public()
+
+
+@router.patch("/{session_id}")
+async def set_session_defaults(body: SessionDefaultsIn, call: SessionDep) -> dict[str, Any]:
+    """The session's default busy policy, for messages that name none."""
+    await call.resources.control.set_default_policy(call.session, body.busy_policy)
     return (await call.resources.reads.view(call.session)).public()
 
 

@@ -32,19 +32,44 @@ from app.sessions.ref import SessionRef
 MAX_METADATA_BYTES = 8 * 1024
 
 # KEYS: SessionKeys.all
-# ARGV[1] token, ARGV[2] run id, ARGV[3] busy policy, ARGV[4] idempotency digest ('' for
+# ARGV[1] token, ARGV[2] run id, ARGV[3] busy policy ('' for the session's default, else
+#   the service's), ARGV[4] idempotency digest ('' for
 #   none), ARGV[5] worker, ARGV[6] the run's record: what was asked (JSON), ARGV[7] '1' to
 #   resolve an admission whose reply never came: answer as it did if it ran, else make sure
 #   it never will (a tombstone under its run id) and answer {ABORTED}
 # Returns, to the first call and to any re-send of it (same run id and token):
 #   {STARTED, position, first run's two fields}: the caller holds the lease and must run
 #     `first` (the new run, or the head of a queue a lost holder left behind);
-#   {QUEUED, position, active run id, disposition}; {DUPLICATE, the existing run's two
-#   fields};
+#   {QUEUED, position, active run id, disposition, superseded run ids...};
+#   {DUPLICATE, the existing run's two fields};
 #   {REJECTED, active run id}; {QUEUE_FULL, queue length}
 ADMIT = """
+-- What `policy` does to the run in progress: status it is stopped with, reason prefix,
+-- the field naming it on the new run.
+local CUTS = {
+  interrupt = {'interrupted', 'interrupted_by:', 'interrupted_run_id'},
+  rollback = {'rolled_back', 'rolled_back_by:', 'rolled_back_run_id'},
+}
+
+-- `latest`: every queued, not started run ends `superseded`.
+local function supersede_queue(run_id, run, now)
+  local ended = {}
+  for _, id in ipairs(redis.call('LRANGE', K_QUEUE, 0, -1)) do
+    if finish_run(id, 'superseded', 'superseded by a later message', now,
+                  'superseded_by:' .. run_id) then
+      table.insert(ended, id)
+    end
+  end
+  redis.call('DEL', K_QUEUE)
+  if #ended > 0 then run.superseded = ended end
+end
+
+local function queued_answer(position, active, run)
+  return append({QUEUED, position, active, run.disposition or 'queued'}, run.superseded or {})
+end
+
 local function main()
-  local token, run_id, policy, digest = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+  local token, run_id, digest = ARGV[1], ARGV[2], ARGV[4]
   local mine = load_run(run_id)
   if mine then
     -- This very call already ran and its reply was lost: answer as it did.
@@ -56,7 +81,7 @@ local function main()
       if index then position = index + 1 end
       return append({STARTED, position}, flat(active, load_run(active)))
     end
-    return {QUEUED, index and index + 1 or 0, active, mine.disposition or 'queued'}
+    return queued_answer(index and index + 1 or 0, active, mine)
   end
   if ARGV[7] == '1' then
     local now = now_us()
@@ -69,17 +94,21 @@ local function main()
     local run = existing and load_run(existing)
     if run then return append({DUPLICATE}, flat(existing, run)) end
   end
-  local state = redis.call('HMGET', K_STATE, 'generation', 'active_run', 'stop_run')
+  local state = redis.call('HMGET', K_STATE, 'generation', 'active_run', 'stop_run',
+                           'default_policy')
   local generation, active = state[1] or '1', state[2] or ''
+  local policy = ARGV[3]
+  if policy == '' then policy = state[4] or DEFAULT_POLICY end
   local granted = redis.call('SET', K_LEASE, token, 'NX', 'PX', LEASE_TTL_MS)
   if not granted then
     if policy == 'reject' then return {REJECTED, active} end
     local length = redis.call('LLEN', K_QUEUE)
-    if length >= QUEUE_CAP then return {QUEUE_FULL, length} end
+    if length >= QUEUE_CAP and policy ~= 'latest' then return {QUEUE_FULL, length} end
   end
   local now = now_us()
   forget_expired(now)
-  local run = {status = 'queued', created_at = now, generation = generation, attempt = '1'}
+  local run = {status = 'queued', created_at = now, generation = generation, attempt = '1',
+               policy = policy}
   if digest ~= '' then
     run.idem = digest
     redis.call('HSET', K_RUNS, run_id, ARGV[6], 'idem:' .. digest, run_id)
@@ -90,23 +119,27 @@ local function main()
   emit('queued', run_id, '')
   if not granted then
     run.disposition = 'queued'
-    if policy == 'interrupt' then
-      if active ~= '' and request_stop(active, 'interrupted', 'interrupted_by:' .. run_id) then
-        run.disposition, run.interrupted_run_id = 'interrupted', active
+    if policy == 'latest' then supersede_queue(run_id, run, now) end
+    local cut = CUTS[policy]
+    if cut then
+      if active ~= '' and request_stop(active, cut[1], cut[2] .. run_id) then
+        run.disposition = cut[1]
+        run[cut[3]] = active
       end
       save_run(run_id, run)
       retain()
       redis.call('LPUSH', K_QUEUE, run_id)
-      return {QUEUED, 1, active, run.disposition}
+      return queued_answer(1, active, run)
     end
     save_run(run_id, run)
     retain()
-    return {QUEUED, redis.call('RPUSH', K_QUEUE, run_id), active, 'queued'}
+    return queued_answer(redis.call('RPUSH', K_QUEUE, run_id), active, run)
   end
   -- Granted: this worker holds the session now. A run still marked running belonged to
   -- a holder whose lease expired; the queue it left goes first.
   local holder = ARGV[5]
   settle_orphan(now, active)
+  if policy == 'latest' then supersede_queue(run_id, run, now) end
   local stop_pending = active == '' and state[3]
   local holding = {'holder', holder, 'generation', generation, 'held_since', now}
   if redis.call('LLEN', K_QUEUE) == 0 then
@@ -165,7 +198,7 @@ class Admissions:
             "session_id": session.session_id,
             "input": new.text,
             "agent_id": new.agent_id,
-            "busy_policy": new.busy_policy.value,
+            "busy_policy": new.busy_policy.value if new.busy_policy else "",
             "idempotency_key": new.idempotency_key or "",
             "timeout_ms": round(new.timeout_seconds * 1000) if new.timeout_seconds else "",
         }
@@ -174,7 +207,7 @@ class Admissions:
         args = [
             token,
             run_id,
-            new.busy_policy.value,
+            new.busy_policy.value if new.busy_policy else "",
             digest,
             self._worker,
             record,
@@ -195,16 +228,25 @@ class Admissions:
             status = RunStatus.RUNNING if first.run_id == run_id else RunStatus.QUEUED
             disposition = "started" if first.run_id == run_id else "queued"
             hold = StartedHold(token, sent, first)
-            return Admission(run_id, status, int(reply[1]), start=hold, disposition=disposition)
+            superseded = first.superseded_run_ids if first.run_id == run_id else []
+            return Admission(
+                run_id,
+                status,
+                int(reply[1]),
+                start=hold,
+                disposition=disposition,
+                superseded_run_ids=superseded,
+            )
         if code == Code.QUEUED:
             disposition = as_text(reply[3])
-            interrupted = as_text(reply[2]) if disposition == "interrupted" else None
+            cut = as_text(reply[2]) if disposition in ("interrupted", "rolled_back") else None
             return Admission(
                 run_id,
                 RunStatus.QUEUED,
                 int(reply[1]),
                 disposition=disposition,
-                interrupted_run_id=interrupted,
+                interrupted_run_id=cut,
+                superseded_run_ids=[as_text(r) for r in reply[4:]],
             )
         if code == Code.DUPLICATE:
             existing = Run.from_record(decode_run_pair(reply[1], reply[2]))

@@ -158,6 +158,18 @@ end
 )
 
 
+# KEYS: SessionKeys.all
+# ARGV[1] the session's default busy policy
+# Returns {NOT_FOUND} for a session that does not exist; else {OK}
+DEFAULTS = """
+local function main()
+  if redis.call('EXISTS', K_STATE) == 0 then return {NOT_FOUND} end
+  redis.call('HSET', K_STATE, 'default_policy', ARGV[1])
+  return {OK}
+end
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Stopped:
     cancelled: list[str]
@@ -173,10 +185,16 @@ class Control:
         self._stop = Script(redis, STOP, limits, name="stop")
         self._reset = Script(redis, RESET, limits, name="reset")
         self._delete = Script(redis, DELETE, limits, name="delete")
+        self._defaults = Script(redis, DEFAULTS, limits, name="defaults")
 
     @property
     def scripts(self) -> list[Script]:
-        return [self._cancel, self._stop, self._reset, self._delete]
+        return [self._cancel, self._stop, self._reset, self._delete, self._defaults]
+
+    async def set_default_policy(self, session: SessionRef, policy: str) -> None:
+        reply = await self._defaults(session.keys.all, [policy])
+        if Code(reply[0]) == Code.NOT_FOUND:
+            raise SessionNotFoundError(session.session_id)
 
     async def cancel(
         self, session: SessionRef, run_id: str, key: str | None = None, reason: str = "api"

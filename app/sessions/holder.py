@@ -42,6 +42,7 @@ STOP_STATUS = {
     "cancelled": RunStatus.CANCELLED,
     "interrupted": RunStatus.INTERRUPTED,
     "timed_out": RunStatus.TIMED_OUT,
+    "rolled_back": RunStatus.ROLLED_BACK,
 }
 
 

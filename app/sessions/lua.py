@@ -65,6 +65,8 @@ class Limits:
     queue_cap: int
     retry_lost: bool
     call_timeout: float | None = None
+    default_policy: str = "enqueue"
+    """The busy policy of a message that names none, in a session that has no default."""
 
 
 def bake(body: str, limits: Limits) -> str:
@@ -74,6 +76,7 @@ def bake(body: str, limits: Limits) -> str:
         "RETENTION_MS": limits.retention_ms,
         "QUEUE_CAP": limits.queue_cap,
         "RETRY_LOST": limits.retry_lost,
+        "DEFAULT_POLICY": limits.default_policy,
         "MAX_ATTEMPTS": MAX_ATTEMPTS,
         "EVENTS_MAX_LENGTH": EVENTS_MAX_LENGTH,
         "EVENTS_TTL_MS": EVENTS_TTL_MS,

@@ -17,6 +17,8 @@ class RunStatus(StrEnum):
     INTERRUPTED = "interrupted"
     TIMED_OUT = "timed_out"
     LOST = "lost"
+    SUPERSEDED = "superseded"
+    ROLLED_BACK = "rolled_back"
 
     @property
     def terminal(self) -> bool:
@@ -27,6 +29,8 @@ class BusyPolicy(StrEnum):
     ENQUEUE = "enqueue"
     INTERRUPT = "interrupt"
     REJECT = "reject"
+    LATEST = "latest"
+    ROLLBACK = "rollback"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +39,8 @@ class NewRun:
 
     text: str
     agent_id: str
-    busy_policy: BusyPolicy
+    busy_policy: BusyPolicy | None
+    """None: the session's default, else the service's."""
     metadata: dict[str, Any] = field(default_factory=dict)
     idempotency_key: str | None = None
     timeout_seconds: float | None = None
@@ -66,6 +71,8 @@ class Run:
     disposition: str | None = None
     """What admission did with it: started, queued, interrupted (`interrupted_run_id`)."""
     interrupted_run_id: str | None = None
+    rolled_back_run_id: str | None = None
+    superseded_run_ids: list[str] = field(default_factory=list)
     reason: str | None = None
     """Who ended it, when it did not end by itself: api, stop, reset, deleted, timeout,
     shutdown, client_disconnected, interrupted_by:<run id>."""
@@ -101,8 +108,10 @@ class Run:
             attempt=int(fields.get("attempt") or 1),
             disposition=fields.get("disposition") or None,
             interrupted_run_id=fields.get("interrupted_run_id") or None,
+            rolled_back_run_id=fields.get("rolled_back_run_id") or None,
+            superseded_run_ids=list(fields.get("superseded") or []),
             reason=fields.get("reason") or None,
-            busy_policy=fields.get("busy_policy") or None,
+            busy_policy=fields.get("policy") or fields.get("busy_policy") or None,
         )
 
     def public(self) -> dict[str, Any]:
@@ -126,6 +135,8 @@ class Run:
             "busy_policy": self.busy_policy,
             "disposition": self.disposition,
             "interrupted_run_id": self.interrupted_run_id,
+            "rolled_back_run_id": self.rolled_back_run_id,
+            "superseded_run_ids": self.superseded_run_ids,
             "reason": self.reason,
             "attempt": self.attempt,
         }
@@ -144,6 +155,7 @@ class Admission:
     run: Run | None = None
     disposition: str | None = None
     interrupted_run_id: str | None = None
+    superseded_run_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

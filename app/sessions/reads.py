@@ -56,13 +56,21 @@ class Reads:
     async def view(self, session: SessionRef) -> SessionView:
         """The session as it stands: holder, active run, queue, last error (2 round trips)."""
         keys = session.keys
-        fields = ["generation", "active_run", "holder", "fence", "held_since", "last_error"]
+        fields = [
+            "generation",
+            "active_run",
+            "holder",
+            "fence",
+            "held_since",
+            "last_error",
+            "default_policy",
+        ]
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.pttl(keys.lease.lease)
             pipe.hmget(keys.state, fields)
             pipe.lrange(keys.queue, 0, -1)
             pttl, state, queued = await self._call(pipe.execute())
-        generation, active_id, holder, fence, held_since, last_error = (
+        generation, active_id, holder, fence, held_since, last_error, default = (
             as_text(v) if v is not None else None for v in state
         )
         if generation is None:
@@ -82,7 +90,7 @@ class Reads:
             queued=runs,
             generation=int(generation),
             last_error=last_error or None,
-            default_busy_policy=self._default_policy,
+            default_busy_policy=default or self._default_policy,
         )
 
     async def _runs(self, session: SessionRef, run_ids: list[str]) -> list[Run]:
