@@ -100,7 +100,7 @@ async def _encoded(events: AsyncIterator[BaseEvent], encoder: EventEncoder) -> A
 def _canceller(resources: Resources, session: SessionRef, run_id: str) -> _OnClose:
     async def cancel(_: Message) -> None:
         try:
-            await resources.control.cancel(session, run_id)
+            await resources.control.cancel(session, run_id, reason="client_disconnected")
         except RunTerminalError:
             pass  # it ended meanwhile
         except LeasegateError as exc:
