@@ -1,0 +1,1 @@
+"""Agents of your own behind leasegate: see README, "Put your own agent behind leasegate"."""
