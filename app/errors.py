@@ -6,6 +6,7 @@
     ├── ServiceClosingError        this worker is shutting down and admits nothing more
     ├── InvalidKeyError            an id that cannot be turned into a Redis key
     ├── MetadataTooLargeError      a message's metadata is over its size limit
+    ├── WebhookNotAllowedError     a message named a webhook URL this service may not call
     ├── UnknownAgentError          a request named an agent that is not configured
     ├── AgentInputError            an AG-UI RunAgentInput leasegate cannot run (no user text...)
     ├── AgentFailedError           an agent could not produce its reply
@@ -61,6 +62,10 @@ class AdmissionUnknownError(RedisUnavailableError):
 
 class ServiceClosingError(LeasegateError):
     """This worker is shutting down; the caller should retry (another worker admits)."""
+
+
+class WebhookNotAllowedError(LeasegateError):
+    """A message named a webhook URL this service may not call (never echoes the URL)."""
 
 
 class MetadataTooLargeError(LeasegateError):

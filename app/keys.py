@@ -62,6 +62,12 @@ ACTIVE_SESSIONS = f"{NAMESPACE}:sessions:active"
 """Sorted set of the sessions that may have work (member "tenant/session", score the last
 admission in ms): the sweeper's index, so it never scans the keyspace."""
 
+WEBHOOK_SESSIONS = f"{NAMESPACE}:webhooks:sessions"
+"""Sorted set of the sessions that may owe completion webhooks (member "tenant/session",
+score the last admission of a run with a webhook in ms): what the deliverer walks."""
+WEBHOOKS_DEAD = f"{NAMESPACE}:webhooks:dead"
+"""Sorted set of deliveries given up on (member "tenant/session/run_id", score when)."""
+
 _TENANT = re.compile(r"[A-Za-z0-9._\-]{1,64}")
 _SESSION = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _REQUEST = re.compile(r"[A-Za-z0-9_\-]{8,64}")
@@ -93,7 +99,10 @@ class SessionKeys:
       (`idem:<digest>`: run id);
     - `order`: run ids by admission time, for listing and for retention;
     - `transcript`: the current generation's turns;
-    - `events`: the bounded event stream, and the pub/sub channel announcing its entries.
+    - `events`: the bounded event stream, and the pub/sub channel announcing its entries;
+    - `outbox`: completion webhooks owed (`<run_id>`: JSON of the delivery), written in
+      the same script as the run's terminal status; `outbox_due`: their ids by when each
+      is due (ms), a claimed one pushed past its claim's end.
     """
 
     lease: LeaseKeys
@@ -103,6 +112,8 @@ class SessionKeys:
     order: str
     transcript: str
     events: str
+    outbox: str
+    outbox_due: str
 
     @property
     def all(self) -> list[str]:
@@ -114,6 +125,8 @@ class SessionKeys:
             self.order,
             self.transcript,
             self.events,
+            self.outbox,
+            self.outbox_due,
         ]
 
     def reply(self, request_id: str) -> str:
@@ -137,6 +150,8 @@ def session_keys(tenant: str, session_id: str) -> SessionKeys:
         order=f"{prefix}order",
         transcript=f"{prefix}transcript",
         events=f"{prefix}events",
+        outbox=f"{prefix}outbox",
+        outbox_due=f"{prefix}outbox:due",
     )
 
 

@@ -33,6 +33,7 @@ from app.errors import (
     UnauthenticatedError,
     UnknownAgentError,
     UnknownSubscriptionError,
+    WebhookNotAllowedError,
 )
 from app.metrics import Metrics
 
@@ -58,6 +59,7 @@ PROBLEMS: list[tuple[type[LeasegateError], Problem]] = [
     (ServiceClosingError, Problem(503, "shutting-down", "Service shutting down", retry_after=True)),
     (InvalidKeyError, Problem(422, "invalid-id", "Invalid identifier")),
     (MetadataTooLargeError, Problem(422, "metadata-too-large", "Metadata too large")),
+    (WebhookNotAllowedError, Problem(422, "webhook-not-allowed", "Webhook not allowed")),
     (UnknownAgentError, Problem(422, "unknown-agent", "Unknown agent")),
     (AgentInputError, Problem(422, "invalid-agent-input", "Agent input not runnable")),
     (UnknownSubscriptionError, Problem(422, "unknown-subscription", "Unknown subscription")),

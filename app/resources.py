@@ -33,6 +33,8 @@ from app.subscriptions.agent_call import AgentCalls
 from app.subscriptions.scripts import SubscriptionScripts
 from app.subscriptions.switcher import Subscriptions
 from app.subscriptions.webhook import Webhook
+from app.webhooks.deliverer import Deliverer
+from app.webhooks.outbox import Outbox
 
 
 class Script(Protocol):
@@ -54,6 +56,8 @@ class Resources:
     sessions: Sessions
     renewals: Renewals
     sweeper: Sweeper
+    outbox: Outbox
+    deliverer: Deliverer | None
     agents: AgentRegistry
     subscriptions: Subscriptions
     webhook: Webhook | None
@@ -132,9 +136,25 @@ class Resources:
             interval=settings.sweep_interval_seconds,
             idle_grace=2 * settings.lease_ttl_seconds,
         )
+        outbox = Outbox(redis, limits)
+        deliverer = None
+        if settings.webhook_secret is not None:
+            deliverer = Deliverer(
+                redis,
+                outbox,
+                index,
+                leases,
+                secret=settings.webhook_secret.get_secret_value(),
+                interval=settings.webhook_interval_seconds,
+                timeout=settings.webhook_timeout_seconds,
+                max_attempts=settings.webhook_max_attempts,
+                retry_base=settings.webhook_retry_base_seconds,
+            )
         hub.start()
         renewals.start()
         sweeper.start()
+        if deliverer is not None:
+            deliverer.start()
         scripts: list[Script] = [
             *lease_scripts.all(),
             *subscription_scripts.all(),
@@ -143,6 +163,7 @@ class Resources:
             *renewals.scripts,
             *control.scripts,
             *index.scripts,
+            *outbox.scripts,
         ]
         secret = settings.internal_secret
         return cls(
@@ -156,6 +177,8 @@ class Resources:
             sessions=sessions,
             renewals=renewals,
             sweeper=sweeper,
+            outbox=outbox,
+            deliverer=deliverer,
             agents=agents,
             subscriptions=subscriptions,
             webhook=webhook,
@@ -174,6 +197,8 @@ class Resources:
 
     async def close(self) -> None:
         await self.sweeper.close()
+        if self.deliverer is not None:
+            await self.deliverer.close()
         await self.sessions.close(self.settings.shutdown_grace_seconds)
         await self.renewals.close()
         if self.webhook is not None:

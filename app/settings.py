@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -69,6 +72,19 @@ class Settings(BaseSettings):
     webhook_url: SecretStr | None = Field(
         default=None, repr=False, description="POSTed once per subscription switch."
     )
+    run_webhook_url: SecretStr | None = Field(
+        default=None, repr=False, description="POSTed when any run ends (a completion webhook)."
+    )
+    webhook_secret: SecretStr | None = Field(
+        default=None, repr=False, description="Signs completion webhooks: whsec_<base64>."
+    )
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=list, description="Hosts a message's own webhook URL may target."
+    )
+    webhook_max_attempts: int = Field(default=12, ge=1, le=50)
+    webhook_retry_base_seconds: float = Field(default=30.0, gt=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_interval_seconds: float = Field(default=0.5, gt=0)
     upstream_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     upstream_read_timeout_seconds: float = Field(default=60.0, gt=0)
     upstream_max_retries: int = Field(default=2, ge=0, le=10)
@@ -109,6 +125,36 @@ class Settings(BaseSettings):
             checked_tenant(tenant)  # an InvalidKeyError is a ValueError: a clear message
         return value
 
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value()
+        try:
+            ok = raw.startswith("whsec_") and len(base64.b64decode(raw[6:], validate=True)) >= 24
+        except binascii.Error:
+            ok = False
+        if not ok:
+            raise ValueError("must be whsec_ followed by at least 24 bytes in base64")
+        return value
+
+    @field_validator("run_webhook_url")
+    @classmethod
+    def _check_run_webhook_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not is_http_url(value.get_secret_value()):
+            raise ValueError("must be an absolute http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _check_webhook_signing(self) -> Settings:
+        if (self.run_webhook_url or self.webhook_allowed_hosts) and not self.webhook_secret:
+            raise ValueError(
+                "completion webhooks (LEASEGATE_RUN_WEBHOOK_URL or "
+                "LEASEGATE_WEBHOOK_ALLOWED_HOSTS) need LEASEGATE_WEBHOOK_SECRET to sign them"
+            )
+        return self
+
     @field_validator("internal_tenant")
     @classmethod
     def _check_internal_tenant(cls, value: str) -> str:
@@ -138,3 +184,12 @@ class Settings(BaseSettings):
     @property
     def redis_url_or_default(self) -> str:
         return self.redis_url or DEFAULT_REDIS_URL
+
+
+def is_http_url(url: str) -> bool:
+    """An absolute http(s) URL with a host."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any
+import time
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import InternalDep, SessionCall
-from app.errors import IdempotencyConflictError, MetadataTooLargeError
+from app.errors import IdempotencyConflictError, MetadataTooLargeError, RunNotFoundError
 from app.executions import Execution
 from app.routers.schemas import MetadataField
 from app.routers.sessions import wait_for_end
 from app.sessions.admission import MAX_METADATA_BYTES
+from app.sessions.ids import locate_run
 from app.sessions.models import BusyPolicy, NewRun
 from app.sessions.ref import SessionRef
+from app.webhooks.targets import webhook_for
 
 router = APIRouter(prefix="/internal", tags=["internal"])
 
@@ -37,6 +40,7 @@ class TaskIn(BaseModel):
     timeout_seconds: float | None = Field(default=None, ge=1, le=7200)
     busy_policy: BusyPolicy = BusyPolicy.REJECT
     metadata: MetadataField = Field(default_factory=dict)
+    webhook: str | None = Field(default=None, min_length=1, max_length=2000)
 
     def fingerprint(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -55,6 +59,7 @@ async def execute_task(
     session_id = task.session_id or f"task:{agent_id}"
     session = SessionRef.of(tenant, session_id)
     fingerprint = task.fingerprint()
+    webhook = webhook_for(resources.settings, task.webhook)  # before anything is written
     metadata_size = len(json.dumps(task.metadata, separators=(",", ":")))
     if metadata_size > MAX_METADATA_BYTES:  # before the execution is claimed: nothing written
         raise MetadataTooLargeError(metadata_size, MAX_METADATA_BYTES)
@@ -80,6 +85,7 @@ async def execute_task(
             metadata=task.metadata,
             idempotency_key=claimed.run_idempotency_key,
             timeout_seconds=task.timeout_seconds or resources.settings.task_timeout_seconds,
+            webhook=webhook,
         ),
     )
     admission = submitted.admission
@@ -107,3 +113,37 @@ async def get_execution(execution_id: str, resources: InternalDep) -> dict[str, 
     session = SessionRef.of(execution.tenant, execution.session_id)
     run = await resources.reads.find_by_idempotency_key(session, execution.run_idempotency_key)
     return run.public() | {"execution_id": execution_id}
+
+
+@router.get("/webhooks")
+async def list_webhooks(
+    resources: InternalDep,
+    status: Annotated[Literal["dead"], Query()] = "dead",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Completion webhooks given up on, newest first (URLs are not shown: they may hold
+    credentials)."""
+    found = []
+    for run_id in await resources.outbox.dead(limit):
+        session = SessionRef.of(*locate_run(run_id))
+        delivery = await resources.outbox.get(session, run_id)
+        if delivery is not None and delivery.get("status") == status:
+            found.append(
+                {
+                    "run_id": run_id,
+                    "session_id": session.session_id,
+                    "tenant": session.tenant,
+                    "attempts": int(delivery["attempts"]),
+                    "last_error": delivery.get("last_error"),
+                }
+            )
+    return {"webhooks": found}
+
+
+@router.post("/webhooks/{run_id}/redeliver")
+async def redeliver_webhook(run_id: str, resources: InternalDep) -> dict[str, Any]:
+    session = SessionRef.of(*locate_run(run_id))
+    if not await resources.outbox.redeliver(session, run_id, round(time.time() * 1000)):
+        raise RunNotFoundError(run_id)
+    await resources.outbox.forget_dead(run_id)
+    return {"run_id": run_id, "status": "pending"}

@@ -20,6 +20,9 @@ class MessageIn(BaseModel):
     agent_id: str | None = Field(default=None, min_length=1, max_length=64)
     metadata: MetadataField = Field(default_factory=dict)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    webhook: str | None = Field(
+        default=None, min_length=1, max_length=2000, description="POSTed when the run ends."
+    )
 
 
 class BulkCancelIn(BaseModel):

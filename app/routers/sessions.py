@@ -15,6 +15,7 @@ from app.errors import IdempotencyConflictError, LeasegateError, RedisUnavailabl
 from app.routers.schemas import MessageIn, SessionDefaultsIn
 from app.sessions.models import Admission, NewRun
 from app.sessions.service import Submitted
+from app.webhooks.targets import webhook_for
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -57,6 +58,7 @@ async def post_message(
         busy_policy=body.busy_policy,
         metadata=body.metadata,
         idempotency_key=body.idempotency_key or idempotency_key,
+        webhook=webhook_for(resources.settings, body.webhook),
     )
     submitted = await resources.sessions.submit(session, new)
     admission = submitted.admission

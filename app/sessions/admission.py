@@ -23,7 +23,7 @@ from app.errors import (
     RedisUnavailableError,
     SessionBusyError,
 )
-from app.keys import ACTIVE_SESSIONS
+from app.keys import ACTIVE_SESSIONS, WEBHOOK_SESSIONS
 from app.redis import as_text, guarded, is_cluster
 from app.sessions.lua import Code, Limits, Script, decode_run_pair
 from app.sessions.models import Admission, NewRun, Run, RunStatus, StartedHold
@@ -36,7 +36,8 @@ MAX_METADATA_BYTES = 8 * 1024
 #   the service's), ARGV[4] idempotency digest ('' for
 #   none), ARGV[5] worker, ARGV[6] the run's record: what was asked (JSON), ARGV[7] '1' to
 #   resolve an admission whose reply never came: answer as it did if it ran, else make sure
-#   it never will (a tombstone under its run id) and answer {ABORTED}
+#   it never will (a tombstone under its run id) and answer {ABORTED}, ARGV[8] the URL
+#   owed a completion webhook ('' for none)
 # Returns, to the first call and to any re-send of it (same run id and token):
 #   {STARTED, position, first run's two fields}: the caller holds the lease and must run
 #     `first` (the new run, or the head of a queue a lost holder left behind);
@@ -109,6 +110,7 @@ local function main()
   forget_expired(now)
   local run = {status = 'queued', created_at = now, generation = generation, attempt = '1',
                policy = policy}
+  if ARGV[8] ~= '' then run.webhook = ARGV[8] end
   if digest ~= '' then
     run.idem = digest
     redis.call('HSET', K_RUNS, run_id, ARGV[6], 'idem:' .. digest, run_id)
@@ -212,9 +214,10 @@ class Admissions:
             self._worker,
             record,
             "1" if resolve else "0",
+            new.webhook or "",
         ]
         sent = asyncio.get_running_loop().time()
-        reply = await self._indexed(session, session.keys.all, args)
+        reply = await self._indexed(session, session.keys.all, args, webhook=bool(new.webhook))
         return self._decode(session, reply, run_id, token, sent)
 
     def _decode(
@@ -264,22 +267,28 @@ class Admissions:
             raise QueueFullError(session.session_id, self._queue_cap)
         raise RuntimeError(f"unexpected admission code {code!r}")
 
-    async def _indexed(self, session: SessionRef, keys: list[str], args: list[Any]) -> Any:
-        """Index the session, then admit, in one round trip.
+    async def _indexed(
+        self, session: SessionRef, keys: list[str], args: list[Any], *, webhook: bool
+    ) -> Any:
+        """Index the session (and, for a run owing a webhook, in the deliverer's index
+        too), then admit, in one round trip.
 
-        The index entry is written first: a crash after it leaves an entry the sweeper
-        drops; a crash after the admission leaves the session indexed, so it is found.
+        The index entries are written first: a crash after them leaves entries that are
+        dropped later; a crash after the admission leaves the session indexed, so it is found.
         """
         index = {session.member: round(time.time() * 1000)}
+        indexes = [ACTIVE_SESSIONS, WEBHOOK_SESSIONS] if webhook else [ACTIVE_SESSIONS]
         if is_cluster(self._redis):
-            # The index and the session live on different nodes, and a cluster pipeline
-            # sends to each node at once: index first takes two steps here.
-            await guarded(self._redis.zadd(ACTIVE_SESSIONS, index), self._timeout)
+            # The indexes and the session live on different nodes, and a cluster pipeline
+            # sends to each node at once: indexes first takes two steps here.
+            for name in indexes:
+                await guarded(self._redis.zadd(name, index), self._timeout)
             return await self._script(keys, args)
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(ACTIVE_SESSIONS, index)
+            for name in indexes:
+                pipe.zadd(name, index)
             pipe.evalsha(self._script.sha, len(keys), *keys, *args)
-            _, reply = await guarded(pipe.execute(raise_on_error=False), self._timeout)
+            *_, reply = await guarded(pipe.execute(raise_on_error=False), self._timeout)
         if isinstance(reply, NoScriptError):  # after a Redis restart: load it and run again
             return await self._script(keys, args)
         if isinstance(reply, Exception):

@@ -6,7 +6,7 @@ request is written to the session's state (the holder's renewal reads it) and pu
 generation on, in the same script, so whatever the old holder writes afterwards is refused.
 
 Each call carries a request id; its answer is kept briefly (REPLY_TTL_MS) under that id
-(KEYS[8]), so a re-sent call (its reply was lost) gets the same answer and changes nothing
+(KEYS[10]), so a re-sent call (its reply was lost) gets the same answer and changes nothing
 twice. A caller's Idempotency-Key becomes the request id, so a client retrying a reset
 after a timeout does not reset twice either.
 """
@@ -27,7 +27,7 @@ from app.sessions.lua import Code, Limits, Script
 from app.sessions.ref import SessionRef
 
 _ANSWER = """
-local K_REPLY = KEYS[8]
+local K_REPLY = KEYS[10]
 
 local function answer(result)
   redis.call('SET', K_REPLY, cjson.encode(result), 'PX', REPLY_TTL_MS)
@@ -57,7 +57,7 @@ local function end_active(error, now, reason)
 end
 """
 
-# KEYS: SessionKeys.all, then KEYS[8] this request's reply key
+# KEYS: SessionKeys.all, then KEYS[10] this request's reply key
 # ARGV[1] run id, ARGV[2] reason recorded on the run (api, client_disconnected)
 # Returns {NOT_FOUND} | {CANCELLED} | {CANCEL_REQUESTED} | {TERMINAL, status}
 CANCEL = (
@@ -83,7 +83,7 @@ end
 """
 )
 
-# KEYS: SessionKeys.all, then KEYS[8] this request's reply key
+# KEYS: SessionKeys.all, then KEYS[10] this request's reply key
 # ARGV[1] 'cancel' to cancel the queued runs too, 'keep' to let them run
 # Returns {NOT_FOUND} for a session that does not exist; else {OK, how many were stopped,
 #   the runs cancelled or asked to stop (the active one last)..., the runs kept...}
@@ -109,7 +109,7 @@ end
 """
 )
 
-# KEYS: SessionKeys.all, then KEYS[8] this request's reply key
+# KEYS: SessionKeys.all, then KEYS[10] this request's reply key
 # Returns {NOT_FOUND} for a session that does not exist; else {OK, generation, run ids...}
 RESET = (
     _ANSWER
@@ -137,7 +137,7 @@ end
 
 # Erase a session: stop everything, then delete all its keys (its runs, transcript and
 # events included). Its old holder's writes are refused: its token no longer holds a lease.
-# KEYS: SessionKeys.all, then KEYS[8] this request's reply key
+# KEYS: SessionKeys.all, then KEYS[10] this request's reply key
 # Returns {NOT_FOUND} for a session that does not exist; else {OK, run ids stopped...}
 DELETE = (
     _ANSWER
@@ -150,7 +150,8 @@ local function main()
   local cancelled = cancel_queue('session deleted', now, 'deleted')
   local active = end_active('session deleted', now, 'deleted')
   if active then table.insert(cancelled, active) end
-  redis.call('DEL', K_LEASE, K_STATE, K_QUEUE, K_RUNS, K_ORDER, K_TRANSCRIPT, K_EVENTS)
+  redis.call('DEL', K_LEASE, K_STATE, K_QUEUE, K_RUNS, K_ORDER, K_TRANSCRIPT, K_EVENTS,
+             K_OUTBOX, K_OUTBOX_DUE)
   last_event = nil  -- nothing to announce on a stream that is gone
   return answer(append({OK}, cancelled))
 end

@@ -115,9 +115,11 @@ class SessionIndex:
                 await guarded(self._redis.zrem(ACTIVE_SESSIONS, member))
         return found
 
-    async def forget(self, entries: list[tuple[SessionRef, float]]) -> int:
-        """Drop idle sessions from the index, each unless admitted since its `score`."""
-        calls = [([ACTIVE_SESSIONS], [s.member, repr(score)]) for s, score in entries]
+    async def forget(
+        self, entries: list[tuple[SessionRef, float]], index: str = ACTIVE_SESSIONS
+    ) -> int:
+        """Drop idle sessions from an index, each unless admitted since its `score`."""
+        calls = [([index], [s.member, repr(score)]) for s, score in entries]
         if not calls:
             return 0
         return sum(int(r) for r in await self._many(self._forget, calls))

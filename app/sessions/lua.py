@@ -112,6 +112,7 @@ class Script:
 HELPERS = """
 local K_LEASE, K_STATE, K_QUEUE, K_RUNS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_ORDER, K_TRANSCRIPT, K_EVENTS = KEYS[5], KEYS[6], KEYS[7]
+local K_OUTBOX, K_OUTBOX_DUE = KEYS[8], KEYS[9]
 local last_event = nil
 
 local function now_us()
@@ -153,6 +154,17 @@ local function retain()
   redis.call('PEXPIRE', K_ORDER, RETENTION_MS)
 end
 
+-- A run that asked for a completion webhook has reached its terminal status: owe it, in
+-- the same step (a worker dying right after cannot lose it).
+local function owe_webhook(run_id, run, now)
+  if not run.webhook or run.webhook == '' then return end
+  redis.call('HSET', K_OUTBOX, run_id, cjson.encode({
+    run_id = run_id, url = run.webhook, status = 'pending', attempts = '0', created_at = now}))
+  redis.call('ZADD', K_OUTBOX_DUE, math.floor(tonumber(now) / 1000), run_id)
+  redis.call('PEXPIRE', K_OUTBOX, RETENTION_MS)
+  redis.call('PEXPIRE', K_OUTBOX_DUE, RETENTION_MS)
+end
+
 -- A queued or running run ends with `status`; no terminal status ever changes. `reason`
 -- says who ended it (api, stop, reset, ...), for runs that did not end by themselves.
 local function finish_run(run_id, status, error, now, reason)
@@ -161,6 +173,7 @@ local function finish_run(run_id, status, error, now, reason)
   run.status, run.finished_at, run.error = status, now, error
   if reason then run.reason = reason end
   save_run(run_id, run)
+  owe_webhook(run_id, run, now)
   emit(status, run_id, error)
   return run
 end

@@ -44,6 +44,8 @@ class NewRun:
     metadata: dict[str, Any] = field(default_factory=dict)
     idempotency_key: str | None = None
     timeout_seconds: float | None = None
+    webhook: str | None = None
+    """Where to POST the run once it has ended (a completion webhook)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,7 @@ local function main()
       redis.call('PEXPIRE', K_TRANSCRIPT, RETENTION_MS)
     end
     emit(status, run_id, run.error)
+    owe_webhook(run_id, run, now)
   end
   -- (The session's data was kept at admission and by every renewal since.)
   if ARGV[8] ~= '1' then

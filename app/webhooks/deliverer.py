@@ -1,0 +1,180 @@
+"""Sends the completion webhooks every session owes, from any worker.
+
+Every worker runs a deliverer; one at a time (a short lease) walks the index of sessions
+that may owe webhooks, claims what is due in each and sends it. A delivery is POSTed as
+`{"type": "run.<status>", "timestamp": ..., "data": <the run as GET /v1/runs/{id}>}` and
+signed the Standard Webhooks way: `webhook-id` is the run id (the same on every retry),
+`webhook-timestamp`, and `webhook-signature` made with the `standardwebhooks` library.
+
+2xx delivers; 4xx other than 408 and 429 gives up at once (the receiver refused it); any
+other answer, a timeout or a connection error is tried again after a backoff that doubles
+from LEASEGATE_WEBHOOK_RETRY_BASE_SECONDS (capped at 6 hours), until
+LEASEGATE_WEBHOOK_MAX_ATTEMPTS; then the delivery is kept as `dead`, listed at
+`GET /internal/webhooks?status=dead` and can be delivered again on request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from datetime import UTC, datetime
+from typing import cast
+
+import httpx
+from redis.asyncio import Redis
+from standardwebhooks import Webhook
+
+from app.errors import InvalidKeyError, LeasegateError
+from app.keys import WEBHOOK_SESSIONS
+from app.locks import LeaseManager
+from app.redis import as_text, guarded
+from app.sessions.index import SessionIndex
+from app.sessions.ref import SessionRef
+from app.tasks import cancel_and_wait
+from app.webhooks.outbox import Delivery, Outbox
+
+log = logging.getLogger(__name__)
+
+LEASE = "webhooks"
+PAGE = 500
+CLAIM_MARGIN = 5.0
+PER_SESSION = 50
+CONCURRENCY = 32
+MAX_BACKOFF = 6 * 3600.0
+IDLE_GRACE_MS = 60_000
+
+
+class Deliverer:
+    def __init__(
+        self,
+        redis: Redis,
+        outbox: Outbox,
+        index: SessionIndex,
+        leases: LeaseManager,
+        *,
+        secret: str,
+        interval: float,
+        timeout: float,
+        max_attempts: int,
+        retry_base: float,
+    ) -> None:
+        self._redis = redis
+        self._outbox = outbox
+        self._index = index
+        self._leases = leases
+        self._signer = Webhook(secret)
+        self._interval = interval
+        self._max_attempts = max_attempts
+        self._retry_base = retry_base
+        self._http = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        # A claim outlasts one attempt: a sender that dies mid-attempt leaves the delivery
+        # to be claimed again once it ends.
+        self._claim_ms = round((timeout + CLAIM_MARGIN) * 1000)
+        self._sending = asyncio.Semaphore(CONCURRENCY)
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="webhook-deliverer")
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            await cancel_and_wait(self._task)
+        await self._http.aclose()
+
+    async def _loop(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self._interval * random.uniform(0.9, 1.0))
+            try:
+                await self.deliver_due()
+            except LeasegateError as exc:
+                log.warning("webhooks: %s", exc)
+            except Exception:
+                log.exception("webhooks: unexpected failure")
+
+    async def deliver_due(self) -> int:
+        """One pass, if no other worker made one within the interval; deliveries sent."""
+        if await self._leases.acquire(LEASE, ttl=self._interval * 0.8) is None:
+            return 0
+        sent = 0
+        offset = 0
+        while True:
+            entries = cast(
+                list[tuple[bytes, float]],
+                await guarded(
+                    self._redis.zrange(WEBHOOK_SESSIONS, offset, offset + PAGE - 1, withscores=True)
+                ),
+            )
+            idle = []
+            for member, score in entries:
+                session = _session(as_text(member))
+                if session is None:
+                    continue
+                claimed = await self._outbox.claim(session, _now_ms(), self._claim_ms, PER_SESSION)
+                await asyncio.gather(*(self._send(session, d) for d in claimed.deliveries))
+                sent += len(claimed.deliveries)
+                if not claimed.busy and score < _now_ms() - IDLE_GRACE_MS:
+                    idle.append((session, score))
+            await self._index.forget(idle, index=WEBHOOK_SESSIONS)
+            if len(entries) < PAGE:
+                return sent
+            offset += PAGE
+
+    async def _send(self, session: SessionRef, delivery: Delivery) -> None:
+        run = delivery.run
+        body = json.dumps(
+            {
+                "type": f"run.{run.status.value}",
+                "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "data": run.public(),
+            }
+        )
+        stamp = datetime.now(UTC)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": run.run_id,
+            "webhook-timestamp": str(int(stamp.timestamp())),
+            "webhook-signature": self._signer.sign(run.run_id, stamp, body),
+        }
+        async with self._sending:
+            try:
+                response = await self._http.post(delivery.url, content=body, headers=headers)
+                status, error = response.status_code, f"HTTP {response.status_code}"
+            except httpx.HTTPError as exc:
+                status, error = 0, type(exc).__name__  # never the URL: it may hold credentials
+        if 200 <= status < 300:
+            await self._outbox.settle(session, delivery, "delivered")
+            return
+        final = (400 <= status < 500 and status not in (408, 429)) or (
+            delivery.attempts >= self._max_attempts
+        )
+        if final:
+            log.warning(
+                "webhook for run %s given up after %d attempt(s): %s",
+                run.run_id,
+                delivery.attempts,
+                error,
+            )
+            await self._outbox.settle(session, delivery, "dead", error=error)
+            await self._outbox.mark_dead(run.run_id, _now_ms())
+            return
+        backoff = min(self._retry_base * 2 ** (delivery.attempts - 1), MAX_BACKOFF)
+        await self._outbox.settle(
+            session, delivery, "retry", retry_at_ms=_now_ms() + round(backoff * 1000), error=error
+        )
+
+
+def _session(member: str) -> SessionRef | None:
+    tenant, _, session_id = member.partition("/")
+    try:
+        return SessionRef.of(tenant, session_id)
+    except InvalidKeyError:
+        return None
+
+
+def _now_ms() -> int:
+    return round(time.time() * 1000)
