@@ -324,9 +324,12 @@ async def test_an_admission_redis_answers_late_is_run_not_lost(
     async with service(
         proxy, redis_timeout_seconds=0.5, lease_ttl_seconds=1.0, sweep_interval_seconds=0.5
     ) as api:
-        proxy.hang()  # Redis runs what it is sent; its answers wait
+        # Redis runs the admission; its answer, and all that follows on that connection,
+        # waits (so the admission certainly ran: the hang starts at its reply).
+        late = proxy.hang_after(evalsha_of(sha(api, "admit")))
         began = time.monotonic()
         response = await post(api, "s", "hello", wait=5, idempotency_key="k-late")
+        assert late.fired.is_set()
         # Within the Redis timeout (0.5 s), not after the client's re-sends of it: they would
         # take 1.5 s at the least. A generous bound, since this is behaviour, not speed.
         assert time.monotonic() - began < 1.4
