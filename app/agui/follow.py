@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator
 
 from ag_ui.core import BaseEvent
 
-from app.agui.tail import tail
 from app.agui.translate import RunTranslator
 from app.errors import RedisUnavailableError, RunNotFoundError
 from app.redis.pubsub import PubSubHub
 from app.sessions.models import Run
 from app.sessions.reads import Reads
 from app.sessions.ref import SessionRef
+from app.sessions.tail import tail
 
 log = logging.getLogger(__name__)
 

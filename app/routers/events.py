@@ -8,8 +8,6 @@ thousand readers on one worker cost no thousand Redis connections.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -20,13 +18,12 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.deps import SessionDep
 from app.errors import InvalidKeyError
+from app.sessions.tail import tail
 
 router = APIRouter(prefix="/v1/sessions", tags=["events"])
 
 EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
-RECHECK = 5.0
 PING = 15
-BATCH = 100
 
 
 @router.get("/{session_id}/events")
@@ -44,19 +41,11 @@ async def session_events(
     if after is not None and after != "0" and not EVENT_ID.fullmatch(after):
         raise InvalidKeyError(after, "an event id looks like 1700000000000-0")
     start = "0-0" if after == "0" else after or await store.last_event_id(session)
-    channel = session.keys.events
 
     async def events() -> AsyncIterator[ServerSentEvent]:
-        last = start
-        async with resources.hub.watch(channel) as arrived:
-            while True:
-                arrived.clear()  # before reading: an entry added after the read wakes us
-                for event_id, fields in await store.events_after(session, last, BATCH):
-                    last = event_id
-                    yield _sse(event_id, fields)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(RECHECK):
-                        await arrived.wait()
+        async for batch in tail(store, resources.hub, session, start):
+            for event_id, fields in batch:
+                yield _sse(event_id, fields)
 
     return EventSourceResponse(events(), ping=PING, send_timeout=30)
 

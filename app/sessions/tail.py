@@ -6,8 +6,8 @@ connection and reads with pooled connections; a quiet stream is read again every
 seconds anyway (a lost announcement delays nothing for longer), and an idle tick tells
 the reader that nothing came, so it can look at the run's record instead.
 
-This is the loop of `GET /v1/sessions/{id}/events` (app/routers/events.py), with idle
-ticks and a pause while Redis is unreachable; that endpoint could be built on it.
+The loop of `GET /v1/sessions/{id}/events` and of the AG-UI endpoint, with idle ticks
+and a pause while Redis is unreachable.
 """
 
 from __future__ import annotations
