@@ -27,6 +27,7 @@ from app.redis.server import free_port
 LEASEGATE = "app.main:create_app"
 BARE = "bench.bare:create_app"
 NAIVE = "bench.naive:create_app"
+AGUI_AGENT = "bench.agui_agent:create_app"
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 PR_SET_PDEATHSIG = 1
@@ -75,6 +76,11 @@ def leasegate_env(redis_url: str, **settings: str) -> dict[str, str]:
     )
     env.update({f"LEASEGATE_{name.upper()}": value for name, value in settings.items()})
     return env
+
+
+def agent_env() -> dict[str, str]:
+    """The environment of an agent process: this one's, without LEASEGATE_ variables."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LEASEGATE_")}
 
 
 def uvicorn_args(factory: str, port: int, workers: int) -> list[str]:

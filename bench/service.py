@@ -10,10 +10,13 @@ is a short smoke run (a couple of minutes) that writes nothing. One redis-server
 1. throughput, distinct sessions, 1 and 2 workers: admission (202) and end to end
    (`?wait=10`, 200 once the run completed) for the bare endpoint, the naive gateway and
    leasegate; `?wait` p50/p99 at a fixed 100 req/s (open loop), 2 workers;
-2. Redis round trips and commands per `?wait` message and per 202 admission (MONITOR and
+2. an AG-UI agent (bench/agui_agent.py, its own process) called directly and through
+   leasegate (`backend = "ag-ui"`), one run per session, and the worker CPU the hop adds
+   per run against the echo agent at the same rate (bench/agui.py);
+3. Redis round trips and commands per `?wait` message and per 202 admission (MONITOR and
    INFO), memory per session; stop latency across processes;
-3. contention: 1,000 messages posted at once to one session on 4 workers;
-4. cost at rest: 10 to 5,000 sessions each with one long run in flight, nothing else
+4. contention: 1,000 messages posted at once to one session on 4 workers;
+5. cost at rest: 10 to 5,000 sessions each with one long run in flight, nothing else
    happening: Redis round trips and worker CPU per second.
 
 The results, with a verdict on each target, go to the "## Service" section of

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass, field
 
+from bench.agui import AguiResult
 from bench.at_rest import AtRestResult
 from bench.loadgen import Latencies, Throughput
 from bench.machine import CpuSplit
@@ -53,6 +54,10 @@ class Config:
     monitor_messages: int = 20
     idle_seconds: float = 5.0
     profile_seconds: float = 10.0
+    agui_connections: int = 16
+    """Concurrent runs (each its own session) of the AG-UI phase."""
+    agui_window: float = 8.0
+    """Seconds of each measured window of the AG-UI phase (after a `warmup`)."""
     at_rest_counts: tuple[int, ...] = (0, 10, 100, 1000, 5000)
     at_rest_intervals: int = 3
     """Heartbeat intervals per at-rest window: a whole number of them, so that the window
@@ -73,7 +78,7 @@ class Config:
 
 QUICK = Config(window=2.0, warmup=1.0, rounds=1, rate_seconds=3.0, contention_messages=200,
                stop_repetitions=5, cost_messages=100, monitor_messages=5, idle_seconds=1.0,
-               profile_seconds=2.0, at_rest_counts=(0, 10, 100, 300),
+               profile_seconds=2.0, agui_window=2.0, at_rest_counts=(0, 10, 100, 300),
                at_rest_intervals=2)  # fmt: skip
 
 
@@ -115,6 +120,7 @@ class Results:
     contention: Contention | None = None
     held_queue: HeldQueue | None = None
     at_rest: AtRestResult | None = None
+    agui: AguiResult | None = None
     profiles: dict[str, Profile | None] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     """Anything that went wrong on the way (a phase that failed, a server that did not

@@ -10,8 +10,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import loadgen, procs
+from bench import agui, loadgen, procs
 from bench import profile as profiler
+from bench.agui_agent import PATH as AGUI_PATH
 from bench.at_rest import measure_at_rest
 from bench.loadgen import Latencies, Throughput, WrkJob
 from bench.machine import CpuMeter
@@ -170,6 +171,41 @@ def leasegate_phase(bench: Bench, results: Results) -> None:
         results.latency["leasegate"] = fixed_rate(bench, server, "rate")
 
 
+def agui_phase(bench: Bench, results: Results) -> None:
+    """An AG-UI agent called directly, then through 2-worker leasegate servers (one fresh
+    server on an emptied Redis per leg, so no leg carries the sessions an earlier one left
+    to the sweeper): to the AG-UI agent, to the echo agent paced at the AG-UI leg's rate
+    (the hop's cost is judged against it), to the echo agent closed loop (bench/agui.py)."""
+    config = bench.config
+    load = agui.Load(config.agui_connections, config.warmup, config.agui_window)
+    result = results.agui = agui.AguiResult(config.agui_connections, config.agui_window)
+    spec = procs.ServerSpec("agui-agent", procs.AGUI_AGENT, 1, procs.agent_env())
+    with procs.servers(spec, logs=bench.logs) as [agent]:
+        print(f"AG-UI agent, {config.agui_connections} at once: direct", flush=True)
+        result.legs["direct"] = leg = agui.direct_leg(agent, AGUI_PATH, bench.redis_pid,
+                                                      load)  # fmt: skip
+        print(agui.describe(leg), flush=True)
+        agents = bench.logs / "agui-agents.toml"
+        agents.write_text(agui.agents_file(agent.url + AGUI_PATH))
+        for name in ("agui", "paced", "echo"):
+            with leasegate(bench, f"leasegate-agui-{name}", LATENCY_WORKERS,
+                           agents_file=str(agents)) as server:  # fmt: skip
+                print(f"leasegate, {LATENCY_WORKERS} workers: {agui.LABELS[name]}", flush=True)
+                if name == "paced":
+                    rate = result.legs["agui"].rate if "agui" in result.legs else 0.0
+                    if rate <= 0:
+                        continue
+                    leg = agui.paced_leg(server, bench.redis_pid, rate, load)
+                else:
+                    agent_id = agui.AGUI_AGENT_ID if name == "agui" else agui.ECHO_AGENT_ID
+                    leg = agui.leasegate_leg(name, server, agent, agent_id, bench.redis_pid,
+                                             load)  # fmt: skip
+                result.legs[name] = leg
+                print(agui.describe(leg), flush=True)
+        if result.hop_ms is not None:
+            print(f"  the hop: {result.hop_ms:.2f} ms of worker CPU per run", flush=True)
+
+
 def cost_and_stop_phase(bench: Bench, results: Results) -> None:
     config = bench.config
     with leasegate(bench, "leasegate-a", 2) as a:
@@ -223,6 +259,7 @@ PHASES: list[Callable[[Bench, Results], None]] = [
     bare_phase,
     naive_phase,
     leasegate_phase,
+    agui_phase,
     cost_and_stop_phase,
     contention_phase,
     at_rest_phase,

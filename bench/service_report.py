@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bench import agui
 from bench.machine import CpuSplit
 from bench.report import write_section
 from bench.service_chart import chart
@@ -70,6 +71,14 @@ def _at_rest_findings(results: Results) -> list[str]:
             f"{largest.worker_ms_per_s:,.0f} ms of CPU per second."]  # fmt: skip
 
 
+def _echo_elsewhere(results: Results) -> tuple[float, float] | None:
+    """Worker CPU ms per end-to-end `?wait` message and its rate, throughput phase."""
+    measured = results.windows("leasegate", 2, "end_to_end")
+    if measured is None or measured.cpu_ms is None:
+        return None
+    return measured.cpu_ms, measured.rate
+
+
 def method(results: Results) -> str:
     config = results.config
     tool = (
@@ -121,7 +130,8 @@ def method(results: Results) -> str:
         f"at N ≥ {AT_REST_JUDGED_FROM:,} where the sweeper's fixed cost weighs little; per-run "
         "CPU above the idle baseline = (worker CPU at N - at N = 0) / N. The profile: py-spy "
         f"(250 Hz, busy samples only) on one worker during an extra {config.profile_seconds:g}"
-        " s admission window, innermost frame grouped by package."
+        " s admission window, innermost frame grouped by package. "
+        + agui.method(config.agui_connections, config.warmup, config.agui_window)
     )
 
 
@@ -136,6 +146,10 @@ def section(results: Results, machine: str, date: str, code: str) -> str:
         parts.append(latency_table(results))
     if "leasegate" in results.latency:
         parts.append(latency_note(results.latency["leasegate"]))
+    if results.agui is not None and results.agui.legs:
+        parts.append("### An AG-UI agent, direct and through leasegate\n\n"
+                     + agui.agui_table(results.agui) + "\n"
+                     + agui.agui_text(results.agui, _echo_elsewhere(results)))  # fmt: skip
     if results.cost is not None:
         parts.append("### Redis cost per message\n\n"
                      + cost_tables(results.cost, results.contention) + "\n"

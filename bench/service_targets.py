@@ -21,6 +21,8 @@ AT_REST_TARGET = 1.0
 AT_REST_JUDGED_FROM = 1000
 """The at-rest round-trip target is judged at N of at least this many runs (at the largest
 N if none was measured), where the fixed cost of the sweeper weighs little."""
+AGUI_HOP_TARGET_MS = 2.0
+"""Worker CPU per run the AG-UI hop adds (AG-UI run - echo run at the same rate)."""
 FLAT_CPU_TARGET = 1.5
 FLAT_CPU_BASE = 100
 EPSILON = 0.005
@@ -172,12 +174,27 @@ def _flat(target: str, at_rest: AtRestResult) -> Verdict:
     return at_most(target, ratio, FLAT_CPU_TARGET, text, "x", relative=False)
 
 
+def agui_target(results: Results) -> Verdict:
+    target = f"the AG-UI hop costs ≤ {AGUI_HOP_TARGET_MS:g} ms of worker CPU per run"
+    result = results.agui
+    if result is None or (hop := result.hop_ms) is None:
+        return missing(target)
+    agui, echo = result.legs["agui"], result.baseline
+    assert echo is not None and agui.worker_ms is not None and echo.worker_ms is not None
+    paced = " paced" if echo.name == "paced" else ""
+    text = (f"{hop:.2f} ms ({agui.worker_ms:.2f} ms per AG-UI run - {echo.worker_ms:.2f} ms "
+            f"per{paced} echo run, 2 workers, {result.connections} at once, "
+            f"{agui.rate:,.0f} and {echo.rate:,.0f} runs/s)")  # fmt: skip
+    return at_most(target, hop, AGUI_HOP_TARGET_MS, text, " ms")
+
+
 TARGETS: list[Callable[[Results], list[Verdict]]] = [
     redis_targets,
     lambda results: [cpu_target(results)],
     ratio_targets,
     lambda results: [latency_target(results)],
     at_rest_targets,
+    lambda results: [agui_target(results)],
 ]
 
 
