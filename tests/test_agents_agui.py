@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -21,6 +21,7 @@ from app.agents.base import RunContext, Subscription
 from app.agents.config import AgentConfig, load_agents_file
 from app.errors import AgentFailedError, AgentsConfigError, SubscriptionFailureError
 from app.redis.server import RedisServer, free_port
+from app.sessions.ref import SessionRef
 from tests.support.agui_agent import REFUSED_KEY, AGUIAgentProcess, running_agui_agent
 from tests.support.api import app_client, events, post, wait_all_terminal, wait_status
 from tests.support.checks import run_violations
@@ -312,7 +313,7 @@ async def make_agent() -> AsyncIterator[MakeAgent]:
 
 
 async def reply(agent: AGUIAgent, req: AgentRequest) -> str:
-    return "".join([delta async for delta in agent.stream(req)])
+    return "".join([item async for item in agent.stream(req) if isinstance(item, str)])
 
 
 async def test_a_5xx_or_a_connection_error_before_the_first_event_is_retried(
@@ -361,11 +362,11 @@ async def test_a_stream_that_breaks_after_the_first_event_is_never_retried(
     [
         (httpx.Response(429, json={"error": {"message": "slow down"}}), "rate_limit"),
         (httpx.Response(401), "auth"),
-        (httpx.Response(402), "auth"),
-        (httpx.Response(403), "auth"),
+        (httpx.Response(402), "quota"),
+        (httpx.Response(403, json={"error": {"message": "Invalid API key"}}), "auth"),
         (
             stream_of(sse(STARTED, {"type": "RUN_ERROR", "message": "m", "code": "quota"})),
-            "rate_limit",
+            "quota",
         ),
         (stream_of(sse(STARTED, {"type": "RUN_ERROR", "message": "m", "code": "auth"})), "auth"),
     ],
@@ -495,3 +496,38 @@ def test_an_ag_ui_agent_needs_a_url(tmp_path: Path) -> None:
     path.write_text("[[agents]]\nid='agui'\nbackend='ag-ui'\n")
     with pytest.raises(AgentsConfigError, match="url"):
         load_agents_file(path, {})
+
+
+async def test_tool_calls_reach_the_event_stream_the_transcript_and_the_next_run(
+    agent: AGUIAgentProcess, redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    toml = agents_toml(agent.url("/tool")) + (
+        f"\n[[agents]]\nid='echoer'\nbackend='ag-ui'\nurl='{agent.url('/echo')}'\n"
+    )
+    async with app_client(redis_url, agents=registry(tmp_path, toml)) as api:
+        first = await ask(api, "tools-2", "weather")
+        stream = cast(
+            list[tuple[bytes, dict[bytes, bytes]]],
+            await redis.xrange(SessionRef.of("default", "tools-2").keys.events),
+        )
+        kinds = [f[b"type"].decode() for _, f in stream if f[b"run_id"].decode() == first["run_id"]]
+        assert [k for k in kinds if k.startswith("tool_call")] == [
+            "tool_call_start",
+            "tool_call_args",
+            "tool_call_end",
+            "tool_call_result",
+        ]
+        turns = (await api.get("/v1/sessions/tools-2/transcript")).json()["turns"]
+        assert [t["role"] for t in turns] == ["user", "tool_call", "tool", "assistant"]
+        call, result = turns[1], turns[2]
+        assert call["name"] == "lookup" and json.loads(call["args"]) == {"q": "weather"}
+        assert result["tool_call_id"] == call["tool_call_id"] and "found weather" in result["text"]
+        second = (
+            await post(api, "tools-2", "and now?", agent_id="echoer", wait=20, expect=200)
+        ).json()
+        assert second["status"] == "completed"
+    request = (await agent.records("tools-2"))[-1]
+    sent = request["raw_messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool", "assistant", "user"]
+    assert sent[1]["toolCalls"][0]["function"]["name"] == "lookup"
+    assert sent[2]["toolCallId"] == sent[1]["toolCalls"][0]["id"]

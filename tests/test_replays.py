@@ -166,11 +166,16 @@ async def test_finish_resent_after_it_started_the_next_run(
 async def test_delta_resent_is_not_sent_twice(
     proxy: FaultProxy, redis: Redis, monkeypatch: pytest.MonkeyPatch, broken: bool
 ) -> None:
-    if broken:  # no offset check: a re-sent delta is appended again
-        breaks(monkeypatch, writes, "DELTA", "if sent >= upto then return {OK} end", "")
-        breaks(monkeypatch, writes, "DELTA", "string.sub(text, sent - offset + 1)", "text")
+    if broken:  # no batch check: a re-sent write is appended again
+        breaks(
+            monkeypatch,
+            writes,
+            "EMIT",
+            "if tonumber(state[4] or '0') >= batch then return {OK} end",
+            "",
+        )
     async with service(proxy) as api:
-        fault = proxy.drop_reply(evalsha_of(sha(api, "delta")))
+        fault = proxy.drop_reply(evalsha_of(sha(api, "emit")))
         run = (await post(api, "s", "a longer message", wait=5, metadata={"delay_ms": 450})).json()
         assert fault.fired.is_set()
 

@@ -86,7 +86,7 @@ async def test_a_reset_holder_can_write_nothing(stack: Stack, redis: Redis) -> N
             session, lease, run, Finished(RunStatus.COMPLETED, "late"), release=False
         )
     with pytest.raises(LeaseNotOwnedError):
-        await stack.writes.delta(session, lease, run_id, 0, "late")
+        await stack.writes.emit(session, lease, run_id, 1, [("delta", "late")])
     after = await stack.reads.get_run(session, run_id)
     assert after.status == RunStatus.CANCELLED and after.output is None
     assert await stack.reads.history(session) == []

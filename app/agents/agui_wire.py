@@ -4,8 +4,10 @@ run, and the events it accepts back, each validated with the `ag-ui-protocol` mo
 The input, camelCase on the wire:
 
     threadId        the session id            runId       the run id
-    messages        the session's earlier turns (user and assistant, oldest first), then
-                    the new user message; ids `<run id>:user` / `<run id>:assistant`
+    messages        the session's earlier turns, oldest first (user messages; the
+                    assistant's tool calls with the tools' answers; assistant replies),
+                    then the new user message; ids `<run id>:user`, `<run id>:assistant`,
+                    `<run id>:tools`, `<run id>:tool:<tool call id>`
     state {}, tools [], context []
     forwardedProps  {"leasegate": {agent_id, tenant, session_id, run_id, fence, generation,
                      metadata, subscription: {id, base_url, api_key} | null}}
@@ -24,8 +26,11 @@ from ag_ui.core import (
     PROTOCOL_VERSION,
     AssistantMessage,
     Event,
+    FunctionCall,
     Message,
     RunAgentInput,
+    ToolCall,
+    ToolMessage,
     UserMessage,
 )
 from pydantic import TypeAdapter, ValidationError
@@ -55,7 +60,7 @@ class RunIds:
 
 
 def run_input(request: AgentRequest, history: list[Turn], ids: RunIds) -> RunAgentInput:
-    messages: list[Message] = [_message(t) for t in history if t.role in ("user", "assistant")]
+    messages = conversation(history)
     messages.append(UserMessage(id=f"{ids.run_id}:user", content=request.text))
     return RunAgentInput(
         thread_id=ids.thread_id,
@@ -79,11 +84,34 @@ def parse_event(payload: str, secrets: tuple[str, ...]) -> Event | str:
         return redact(short(_invalid(errors, payload)), secrets)
 
 
-def _message(turn: Turn) -> Message:
-    message_id = f"{turn.run_id}:{turn.role}"
-    if turn.role == "user":
-        return UserMessage(id=message_id, content=turn.text)
-    return AssistantMessage(id=message_id, content=turn.text)
+def conversation(history: list[Turn]) -> list[Message]:
+    """A session's turns as AG-UI messages: a run's tool calls become one assistant message
+    with `toolCalls`, each tool's answer a tool message."""
+    messages: list[Message] = []
+    calls: list[ToolCall] = []
+    for turn in history:
+        if turn.role == "tool_call":
+            function = FunctionCall(name=turn.name or "", arguments=turn.args or "")
+            calls.append(ToolCall(id=turn.tool_call_id or "", function=function))
+            continue
+        if calls:
+            messages.append(AssistantMessage(id=f"{turn.run_id}:tools", tool_calls=calls))
+            calls = []
+        if turn.role == "tool":
+            messages.append(
+                ToolMessage(
+                    id=f"{turn.run_id}:tool:{turn.tool_call_id}",
+                    tool_call_id=turn.tool_call_id or "",
+                    content=turn.text,
+                )
+            )
+        elif turn.role == "user":
+            messages.append(UserMessage(id=f"{turn.run_id}:user", content=turn.text))
+        elif turn.role == "assistant":
+            messages.append(AssistantMessage(id=f"{turn.run_id}:assistant", content=turn.text))
+    if calls:
+        messages.append(AssistantMessage(id=f"{history[-1].run_id}:tools", tool_calls=calls))
+    return messages
 
 
 def _leasegate_props(request: AgentRequest, ids: RunIds) -> dict[str, Any]:

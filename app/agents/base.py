@@ -9,9 +9,27 @@ from typing import Any, Protocol
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    role: str  # "user" or "assistant"
+    """One turn of a session's conversation. `role` is "user", "assistant", "tool_call"
+    (the assistant called a tool: `tool_call_id`, `name`, `args` as JSON text) or "tool"
+    (what the tool answered: `tool_call_id`, and the answer in `text`)."""
+
+    role: str
     text: str
     run_id: str
+    tool_call_id: str | None = None
+    name: str | None = None
+    args: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    """A structured event of a run, besides its reply text: a tool call starting
+    (`tool_call_start`), its arguments (`tool_call_args`), its end (`tool_call_end`), the
+    tool's answer (`tool_call_result`), state (`state_snapshot`, `state_delta`), steps,
+    reasoning and custom events. `data` is JSON: the event's own fields (AG-UI's names)."""
+
+    kind: str
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +68,10 @@ class RunContext:
 
 
 class Agent(Protocol):
-    def stream(self, request: AgentRequest) -> AsyncIterator[str]:
-        """Yield the reply as text deltas; raise AgentFailedError (or a subclass) on failure,
-        SubscriptionFailureError when the upstream refuses the subscription.
+    def stream(self, request: AgentRequest) -> AsyncIterator[str | RunEvent]:
+        """Yield the reply as text deltas (and, if the agent has them, `RunEvent`s); raise
+        AgentFailedError (or a subclass) on failure, SubscriptionFailureError when the
+        upstream refuses the subscription.
 
         Cancellation arrives as CancelledError at any await and must not be swallowed.
         """

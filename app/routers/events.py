@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.deps import SessionDep
 from app.errors import InvalidKeyError
+from app.sessions.models import RunStatus
 from app.sessions.tail import tail
 
 router = APIRouter(prefix="/v1/sessions", tags=["events"])
@@ -50,13 +51,18 @@ async def session_events(
     return EventSourceResponse(events(), ping=PING, send_timeout=30)
 
 
+LIFECYCLE = frozenset({"queued", "started", *(status.value for status in RunStatus)})
+
+
 def _sse(event_id: str, fields: dict[str, str]) -> ServerSentEvent:
     kind = fields.get("type", "message")
-    data: dict[str, str] = {"type": kind, "run_id": fields.get("run_id", "")}
+    data: dict[str, Any] = {"type": kind, "run_id": fields.get("run_id", "")}
     if kind == "delta":
         data["text"] = fields.get("text", "")
     elif kind == "reset":
         data["generation"] = fields.get("text", "")
+    elif kind not in LIFECYCLE:  # a structured event of the run: a tool call, state, ...
+        data["data"] = json.loads(fields.get("text") or "{}")
     elif fields.get("text"):
         data["error"] = fields["text"]
     return ServerSentEvent(data=json.dumps(data), event=kind, id=event_id)

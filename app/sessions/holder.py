@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from app import logs
-from app.agents import Turn
-from app.errors import LeaseLostError, LeaseNotOwnedError, RedisUnavailableError
+from app.agents import RunEvent, Turn
+from app.errors import (
+    AgentFailedError,
+    LeaseLostError,
+    LeaseNotOwnedError,
+    RedisUnavailableError,
+)
 from app.locks import Lease
 from app.metrics import Metrics
 from app.sessions.control import Control
@@ -37,6 +43,8 @@ from app.sessions.writes import AfterFinish, Finished, HolderWrites
 log = logging.getLogger(__name__)
 
 FINISH_RETRY_DELAY = 0.1
+MAX_EVENTS_PER_RUN = 10_000
+MAX_EVENT_BYTES = 64 * 1024
 
 STOP_STATUS = {
     "cancelled": RunStatus.CANCELLED,
@@ -55,14 +63,29 @@ class ActiveRun:
     subscription: str | None = None
     deltas: DeltaBuffer | None = None
 
+    events: int = 0
+
     @property
     def replied(self) -> bool:
-        return bool(self.parts)
+        return bool(self.parts) or self.events > 0
 
-    def add(self, delta: str) -> None:
-        self.parts.append(delta)
+    def add(self, item: str | RunEvent) -> None:
+        if isinstance(item, str):
+            self.parts.append(item)
+            if self.deltas is not None:
+                self.deltas.add(item)
+            return
+        payload = json.dumps(item.data, separators=(",", ":"))
+        self.events += 1
+        if self.events > MAX_EVENTS_PER_RUN:
+            raise AgentFailedError(f"the agent sent more than {MAX_EVENTS_PER_RUN} events")
+        if len(payload) > MAX_EVENT_BYTES:
+            raise AgentFailedError(
+                f"the agent sent a {item.kind} event of {len(payload)} bytes; "
+                f"at most {MAX_EVENT_BYTES}"
+            )
         if self.deltas is not None:
-            self.deltas.add(delta)
+            self.deltas.add_event(item.kind, payload)
 
     def stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -157,7 +180,7 @@ async def _execute(
     started = loop.time()
     active = ActiveRun(run)
     active.deltas = DeltaBuffer(
-        functools.partial(deps.writes.delta, session, held.lease, run.run_id)
+        functools.partial(deps.writes.emit, session, held.lease, run.run_id)
     )
     deps.active[run.run_id] = active
     current[:] = [active]

@@ -5,12 +5,13 @@ the session is free while runs wait).
 Every write is fenced: refused (STALE) once the session's fence moved past the holder's,
 after a reset or when another worker took the session over. A re-sent write is answered
 as the first one was: FINISH knows its own outcome by the fence it recorded on the run,
-DELTA by the offset of the reply already sent.
+EMIT by the number of the last batch it wrote.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from redis.asyncio import Redis
 
 from app.errors import LeaseNotOwnedError
 from app.locks import Lease
+from app.sessions.deltas import Item
 from app.sessions.lua import Code, Limits, Script, decode_run_pair
 from app.sessions.models import Run, RunStatus
 from app.sessions.ref import SessionRef
@@ -32,10 +34,37 @@ from app.sessions.ref import SessionRef
 #   {NEXT, ended run's two fields, next run's two fields} with the lease renewed;
 #   {RELEASED, runs still queued, ended run's two fields}
 FINISH = """
+-- The run's tool calls and what the tools answered, as transcript turns, in order.
+local function tool_turns(run_id)
+  local kept = redis.call('HGET', K_RUNS, run_id .. ':t')
+  if not kept then return {} end
+  local calls, order, turns = {}, {}, {}
+  for _, item in ipairs(cjson.decode(kept)) do
+    local data = cjson.decode(item[2])
+    local id = data.toolCallId
+    if item[1] == 'tool_call_start' then
+      calls[id] = {role = 'tool_call', run_id = run_id, tool_call_id = id,
+                   name = data.toolCallName or '', args = '', text = ''}
+      table.insert(order, id)
+    elseif item[1] == 'tool_call_args' and calls[id] then
+      calls[id].args = calls[id].args .. (data.delta or '')
+    elseif item[1] == 'tool_call_result' then
+      table.insert(order, {role = 'tool', run_id = run_id, tool_call_id = id,
+                           text = data.content or ''})
+    end
+  end
+  for _, entry in ipairs(order) do
+    if type(entry) == 'string' then entry = calls[entry] end
+    table.insert(turns, cjson.encode(entry))
+  end
+  return turns
+end
+
 local function main()
   local token, fence, run_id = ARGV[1], ARGV[2], ARGV[3]
   local status, reason = string.match(ARGV[4], '^([^:]+):?(.*)$')
-  local state = redis.call('HMGET', K_STATE, 'fence', 'active_run', 'sent', 'holder', 'stop_run')
+  local state = redis.call('HMGET', K_STATE, 'fence', 'active_run', 'sent', 'holder', 'stop_run',
+                           'tools')
   local run = load_run(run_id)
   local mine = redis.call('GET', K_LEASE) == token
   if run and run.closed_by == fence then
@@ -60,13 +89,12 @@ local function main()
     save_run(run_id, run)
     if status == 'completed' or status == 'interrupted' then
       local input = cjson.decode(asked).input
-      local user = cjson.encode({role = 'user', text = input, run_id = run_id})
+      local turns = {cjson.encode({role = 'user', text = input, run_id = run_id})}
+      if state[6] == run_id then append(turns, tool_turns(run_id)) end
       if output ~= '' then
-        local reply = cjson.encode({role = 'assistant', text = output, run_id = run_id})
-        redis.call('RPUSH', K_TRANSCRIPT, user, reply)
-      else
-        redis.call('RPUSH', K_TRANSCRIPT, user)
+        table.insert(turns, cjson.encode({role = 'assistant', text = output, run_id = run_id}))
       end
+      redis.call('RPUSH', K_TRANSCRIPT, unpack(turns))
       redis.call('PEXPIRE', K_TRANSCRIPT, RETENTION_MS)
     end
     emit(status, run_id, run.error)
@@ -89,21 +117,39 @@ end
 """
 
 # KEYS: SessionKeys.all
-# ARGV[1] token, ARGV[2] fence, ARGV[3] run id, ARGV[4] offset: bytes of the reply sent
-#   before this text, ARGV[5] text
-# Returns {OK} (also when this text was sent already: a re-send) | {STALE}
-DELTA = """
+# ARGV[1] token, ARGV[2] fence, ARGV[3] run id, ARGV[4] this write's batch number (1, 2...
+#   in order), ARGV[5] its items: JSON [[kind, payload], ...], kind "delta" for reply text
+#   (the payload the text), else a structured event's kind (the payload its data as JSON)
+# Tool calls and results are also kept with the run (`<run id>:t`), for the transcript.
+# Returns {OK} (also when this batch was written already: a re-send) | {STALE}
+EMIT = """
+local TOOL_KINDS = {tool_call_start = true, tool_call_args = true, tool_call_result = true}
+
 local function main()
-  local state = redis.call('HMGET', K_STATE, 'fence', 'sent', 'active_run')
-  if redis.call('GET', K_LEASE) ~= ARGV[1] or state[1] ~= ARGV[2] or state[3] ~= ARGV[3] then
+  local run_id, batch = ARGV[3], tonumber(ARGV[4])
+  local state = redis.call('HMGET', K_STATE, 'fence', 'sent', 'active_run', 'batch')
+  if redis.call('GET', K_LEASE) ~= ARGV[1] or state[1] ~= ARGV[2] or state[3] ~= run_id then
     return {STALE}
   end
-  local offset, text, sent = tonumber(ARGV[4]), ARGV[5], tonumber(state[2] or '0')
-  local upto = offset + #text
-  if sent >= upto then return {OK} end
-  emit('delta', ARGV[3], string.sub(text, sent - offset + 1))
-  -- A delta also confirms that the run's agent started.
-  redis.call('HSET', K_STATE, 'sent', upto, 'confirmed', ARGV[3])
+  if tonumber(state[4] or '0') >= batch then return {OK} end
+  local sent, tools = tonumber(state[2] or '0'), {}
+  for _, item in ipairs(cjson.decode(ARGV[5])) do
+    emit(item[1], run_id, item[2])
+    if item[1] == 'delta' then
+      sent = sent + #item[2]
+    elseif TOOL_KINDS[item[1]] then
+      table.insert(tools, item)
+    end
+  end
+  local fields = {'sent', sent, 'batch', batch, 'confirmed', run_id}
+  if #tools > 0 then
+    local kept = redis.call('HGET', K_RUNS, run_id .. ':t')
+    local all = kept and cjson.decode(kept) or {}
+    for _, item in ipairs(tools) do table.insert(all, item) end
+    redis.call('HSET', K_RUNS, run_id .. ':t', cjson.encode(all))
+    append(fields, {'tools', run_id})
+  end
+  redis.call('HSET', K_STATE, unpack(fields))
   return {OK}
 end
 """
@@ -135,11 +181,11 @@ class AfterFinish:
 class HolderWrites:
     def __init__(self, redis: Redis, limits: Limits) -> None:
         self._finish = Script(redis, FINISH, limits, name="finish")
-        self._delta = Script(redis, DELTA, limits, name="delta")
+        self._emit = Script(redis, EMIT, limits, name="emit")
 
     @property
     def scripts(self) -> list[Script]:
-        return [self._finish, self._delta]
+        return [self._finish, self._emit]
 
     async def finish(
         self, session: SessionRef, lease: Lease, run: Run, outcome: Finished, *, release: bool
@@ -170,12 +216,12 @@ class HolderWrites:
             return AfterFinish(_run(reply[1:3]), _run(reply[3:5]))
         return AfterFinish(_run(reply[2:4]), None, int(reply[1]))
 
-    async def delta(
-        self, session: SessionRef, lease: Lease, run_id: str, offset: int, text: str
+    async def emit(
+        self, session: SessionRef, lease: Lease, run_id: str, batch: int, items: list[Item]
     ) -> None:
-        """Send reply text starting at byte `offset` of the reply; refused for a stale fence."""
-        reply = await self._delta(
-            session.keys.all, [lease.token, lease.fence, run_id, offset, text]
+        """Write batch `batch` of the run's reply text and events; refused for a stale fence."""
+        reply = await self._emit(
+            session.keys.all, [lease.token, lease.fence, run_id, batch, json.dumps(items)]
         )
         if Code(reply[0]) == Code.STALE:
             raise LeaseNotOwnedError(lease.key)

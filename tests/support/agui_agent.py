@@ -239,6 +239,7 @@ class Recorder:
             "idempotency_key": headers.get("idempotency-key"),
             "authorization": headers.get("authorization"),
             "messages": [(m.get("role"), m.get("content")) for m in body.get("messages", [])],
+            "raw_messages": body.get("messages", []),
             "leasegate": {k: v for k, v in leasegate.items() if k != "subscription"},
             "subscription": subscription.get("id"),
             "status": None,
