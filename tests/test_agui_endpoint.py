@@ -419,3 +419,43 @@ async def test_a_client_that_disconnects_cancels_only_when_asked(servers: Server
         continued = started_run(await until(events, "RUN_STARTED"))
     run = await wait_status(servers.other_process, continued, "completed")
     assert run["output"] == "echo: keep going"
+
+
+def test_structured_events_become_the_ag_ui_events_they_came_from() -> None:
+    translator = RunTranslator("thread", "run-1")
+
+    def entry(kind: str, text: str = "") -> dict[str, str]:
+        return {"type": kind, "run_id": "run-1", "text": text}
+
+    events = [
+        *translator.translate("1-0", entry("started")),
+        *translator.translate("2-0", entry("delta", "let me look")),
+        *translator.translate(
+            "3-0", entry("tool_call_start", '{"toolCallId":"c1","toolCallName":"lookup"}')
+        ),
+        *translator.translate("4-0", entry("tool_call_args", '{"toolCallId":"c1","delta":"{}"}')),
+        *translator.translate("5-0", entry("tool_call_end", '{"toolCallId":"c1"}')),
+        *translator.translate(
+            "6-0",
+            entry("tool_call_result", '{"toolCallId":"c1","messageId":"m","content":"found"}'),
+        ),
+        *translator.translate("7-0", entry("delta", "found it")),
+        *translator.translate("8-0", entry("completed")),
+    ]
+    kinds = [e.type.value for e in events]
+    assert kinds == [
+        "RUN_STARTED",
+        "TEXT_MESSAGE_START",
+        "TEXT_MESSAGE_CONTENT",
+        "TEXT_MESSAGE_END",
+        "TOOL_CALL_START",
+        "TOOL_CALL_ARGS",
+        "TOOL_CALL_END",
+        "TOOL_CALL_RESULT",
+        "TEXT_MESSAGE_START",
+        "TEXT_MESSAGE_CONTENT",
+        "TEXT_MESSAGE_END",
+        "RUN_FINISHED",
+    ]
+    starts = [e.message_id for e in events if isinstance(e, TextMessageStartEvent)]
+    assert len(set(starts)) == 2  # two messages, two ids

@@ -6,6 +6,10 @@
     any other ending   TEXT_MESSAGE_END if a message is open, RUN_ERROR (message: the run's
                        error text, code: its status: failed, cancelled, interrupted...)
 
+    a structured event the AG-UI event it came from (TOOL_CALL_START, TOOL_CALL_ARGS,
+                       TOOL_CALL_END, TOOL_CALL_RESULT, STATE_SNAPSHOT, STEP_STARTED...),
+                       after closing an open text message
+
 Events of other runs, `queued` and `reset` are not translated (a reset ends this run with
 its own `cancelled` event). A run that ends before it started (cancelled while queued)
 gets RUN_ERROR alone, which AG-UI allows as a first event. A run started again after
@@ -20,10 +24,13 @@ duplicate admission of a run that has ended).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 from ag_ui.core import (
     BaseEvent,
+    Event,
+    EventType,
     RunErrorEvent,
     RunFinishedEvent,
     RunStartedEvent,
@@ -31,10 +38,15 @@ from ag_ui.core import (
     TextMessageEndEvent,
     TextMessageStartEvent,
 )
+from pydantic import TypeAdapter, ValidationError
 
 from app.sessions.models import Run, RunStatus
 
 EXPIRED = "expired"
+STRUCTURED = frozenset(
+    t.value.lower() for t in EventType if not t.value.startswith(("RUN_", "TEXT_MESSAGE_"))
+)
+_EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 ENDINGS = frozenset({s.value for s in RunStatus if s.terminal} | {EXPIRED})
 
 
@@ -45,6 +57,7 @@ class RunTranslator:
         self.started = False
         self.done = False
         self._attempt = 1
+        self._parts = 1
         self._message: str | None = None
         self._text: list[str] = []
 
@@ -59,6 +72,14 @@ class RunTranslator:
             return [*self._open(at), *self._content(text, at)] if text else []
         if kind in ENDINGS:
             return self._end(kind, text, at)
+        if kind in STRUCTURED:
+            event = _structured(kind, text, at)
+            if event is None:
+                return []
+            closing = self._close(at)
+            if closing:
+                self._parts += 1  # text after it is a message of its own
+            return [*self._open(at), *closing, event]
         return []
 
     def catch_up(self, run: Run) -> list[BaseEvent]:
@@ -99,6 +120,7 @@ class RunTranslator:
         events: list[BaseEvent] = []
         if self._message is None:
             suffix = "" if self._attempt == 1 else f".{self._attempt}"
+            suffix += "" if self._parts == 1 else f"-{self._parts}"
             self._message = f"{self.run_id}{suffix}"
             events.append(
                 TextMessageStartEvent(message_id=self._message, role="assistant", timestamp=at)
@@ -134,3 +156,12 @@ def _millis(event_id: str) -> int | None:
 
 def _micros_to_millis(epoch_us: int | None) -> int | None:
     return epoch_us // 1000 if epoch_us is not None else None
+
+
+def _structured(kind: str, data: str, at: int | None) -> BaseEvent | None:
+    """The AG-UI event a structured run event came from (None if it no longer validates)."""
+    try:
+        fields = json.loads(data or "{}")
+        return _EVENT.validate_python({**fields, "type": kind.upper(), "timestamp": at})
+    except (ValueError, ValidationError):
+        return None
