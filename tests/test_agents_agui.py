@@ -526,6 +526,10 @@ async def test_tool_calls_reach_the_event_stream_the_transcript_and_the_next_run
             await post(api, "tools-2", "and now?", agent_id="echoer", wait=20, expect=200)
         ).json()
         assert second["status"] == "completed"
+        as_agui = (await api.get("/v1/sessions/tools-2/transcript?format=ag-ui")).json()
+        roles = [m["role"] for m in as_agui["messages"]]
+        assert roles == ["user", "assistant", "tool", "assistant", "user", "assistant"]
+        assert as_agui["messages"][1]["toolCalls"][0]["function"]["name"] == "lookup"
     request = (await agent.records("tools-2"))[-1]
     sent = request["raw_messages"]
     assert [m["role"] for m in sent] == ["user", "assistant", "tool", "assistant", "user"]

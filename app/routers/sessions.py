@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 
+from app.agents import Turn
+from app.agents.agui_wire import conversation
 from app.deps import SessionCall, SessionDep
 from app.errors import IdempotencyConflictError, LeasegateError, RedisUnavailableError
 from app.routers.schemas import MessageIn, SessionDefaultsIn
@@ -169,9 +171,21 @@ async def list_runs(
 
 
 @router.get("/{session_id}/transcript")
-async def get_transcript(call: SessionDep) -> dict[str, Any]:
+async def get_transcript(
+    call: SessionDep,
+    format: Annotated[
+        Literal["leasegate", "ag-ui"],
+        Query(description="`ag-ui`: the conversation as AG-UI messages."),
+    ] = "leasegate",
+) -> dict[str, Any]:
     generation, turns = await call.resources.reads.transcript(call.session)
-    return {"session_id": call.session.session_id, "generation": generation, "turns": turns}
+    answer = {"session_id": call.session.session_id, "generation": generation}
+    if format == "ag-ui":
+        messages = conversation([Turn(**turn) for turn in turns])
+        return answer | {
+            "messages": [m.model_dump(by_alias=True, exclude_none=True) for m in messages]
+        }
+    return answer | {"turns": turns}
 
 
 @router.post("/{session_id}/stop")
