@@ -10,7 +10,8 @@
     ├── UnknownAgentError          a request named an agent that is not configured
     ├── AgentInputError            an AG-UI RunAgentInput leasegate cannot run (no user text...)
     ├── AgentFailedError           an agent could not produce its reply
-    │   └── SubscriptionFailureError  the upstream refused a subscription (.kind)
+    │   ├── SubscriptionFailureError  the upstream refused a subscription (.kind, .cooldown)
+    │   └── SubscriptionsExhaustedError  no subscription of the agent is usable (.retry_in)
     ├── AgentsConfigError          the agents file is not valid
     ├── ConfigurationError         the settings or the agents file are not valid (start-up)
     ├── UnknownSubscriptionError   a subscription id the agent does not have
@@ -36,6 +37,8 @@ RFC 9457 responses in one place.
 """
 
 from __future__ import annotations
+
+import math
 
 
 class LeasegateError(Exception):
@@ -125,14 +128,45 @@ class AgentFailedError(LeasegateError):
 
 
 class SubscriptionFailureError(AgentFailedError):
-    """The upstream refused the subscription: `kind` is "rate_limit" or "auth"."""
+    """The upstream refused the subscription: `kind` is "rate_limit" (transient), "quota"
+    (a wall until the provider's window resets) or "auth" (a bad key). `cooldown` is how
+    long it must rest: seconds the provider gave, or None, which for "auth" means disabled
+    until an operator enables it, and for the other kinds the configured default for the
+    kind (LEASEGATE_COOLDOWN_RATE_LIMIT_SECONDS, LEASEGATE_COOLDOWN_QUOTA_SECONDS)."""
 
-    def __init__(self, kind: str, subscription_id: str | None, detail: str = "") -> None:
+    def __init__(
+        self,
+        kind: str,
+        subscription_id: str | None,
+        detail: str = "",
+        cooldown: float | None = None,
+    ) -> None:
         super().__init__(
             f"subscription {subscription_id!r} refused ({kind}){': ' + detail if detail else ''}"
         )
         self.kind = kind
         self.subscription_id = subscription_id
+        self.cooldown = None if kind == "auth" else cooldown
+
+
+class SubscriptionsExhaustedError(AgentFailedError):
+    """subscriptions_exhausted: every subscription of the agent is cooling or disabled.
+    `retry_in` is the seconds until the first one comes back; None if all are disabled."""
+
+    code = "subscriptions_exhausted"
+
+    def __init__(self, agent_id: str, retry_in: float | None, last: str) -> None:
+        back = (
+            "all are disabled until an operator enables one"
+            if retry_in is None
+            else f"the first comes back in {math.ceil(retry_in)} s"
+        )
+        super().__init__(
+            f"{self.code}: no viable subscription for agent {agent_id!r}; {back} "
+            f"(last refusal: {last})"
+        )
+        self.agent_id = agent_id
+        self.retry_in = retry_in
 
 
 class AgentsConfigError(LeasegateError):

@@ -166,7 +166,7 @@ class AgentKeys:
 
     lease: LeaseKeys
     assignment: str
-    failures: str
+    refusals: str
     events: str
 
 
@@ -176,6 +176,6 @@ def agent_keys(agent_id: str) -> AgentKeys:
     return AgentKeys(
         lease=lease,
         assignment=f"{prefix}assignment",
-        failures=f"{prefix}failures",
+        refusals=f"{prefix}refusals",
         events=f"{prefix}events",
     )

@@ -58,6 +58,12 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.refusals = Counter(
+            "leasegate_subscription_refusals",
+            "Subscriptions refused by their upstream, by kind (rate_limit, quota, auth).",
+            ["kind"],
+            registry=self.registry,
+        )
         self.sweeper_recoveries = Counter(
             "leasegate_sweeper_recoveries",
             "Sessions taken over from a holder that died or left.",

@@ -88,7 +88,7 @@ class Resources:
             leases,
             agents,
             metrics,
-            failure_window=settings.subscription_failure_window_seconds,
+            cooldowns=settings.cooldowns,
             switch_wait=settings.switch_wait_timeout_seconds,
             switch_ttl=settings.switch_lease_ttl_seconds,
             events_max_length=settings.events_max_length,

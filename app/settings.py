@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app.keys import checked_tenant
 from app.redis.urls import parse_redis_url
+from app.subscriptions.classify import Cooldowns
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 MIN_SECRET_LENGTH = 8
@@ -65,7 +66,15 @@ class Settings(BaseSettings):
     agents_file: Path | None = Field(
         default=None, description="TOML file of agents and subscriptions; unset: one echo agent."
     )
-    subscription_failure_window_seconds: float = Field(default=7200, gt=0)
+    cooldown_rate_limit_seconds: float = Field(
+        default=60, ge=0, description="A rate-limited subscription rests this long if not told."
+    )
+    cooldown_quota_seconds: float = Field(
+        default=7200, ge=0, description="A subscription out of quota rests this long if not told."
+    )
+    rate_limit_wait_max_seconds: float = Field(
+        default=30, ge=0, description="With no other subscription, a run waits this long at most."
+    )
     switch_lease_ttl_seconds: float = Field(default=10.0, gt=0)
     switch_wait_timeout_seconds: float = Field(default=15.0, gt=0)
     events_max_length: int = Field(default=10_000, ge=100)
@@ -180,6 +189,14 @@ class Settings(BaseSettings):
         if self.heartbeat_interval_seconds is not None:
             return self.heartbeat_interval_seconds
         return self.lease_ttl_seconds / 3
+
+    @property
+    def cooldowns(self) -> Cooldowns:
+        return Cooldowns(
+            rate_limit=self.cooldown_rate_limit_seconds,
+            quota=self.cooldown_quota_seconds,
+            wait_max=self.rate_limit_wait_max_seconds,
+        )
 
     @property
     def redis_url_or_default(self) -> str:

@@ -181,24 +181,43 @@ async def test_429_refuses_the_subscription_for_its_rate_limit(
     assert len(upstream.requests) == 1
 
 
-@pytest.mark.parametrize("status", [401, 402, 403])
-async def test_401_402_403_refuse_the_subscription_for_auth(
-    upstream: FakeUpstream, make_agent: MakeAgent, status: int
+@pytest.mark.parametrize(
+    ("status", "message", "kind"),
+    [
+        (401, "no entry", "auth"),
+        (402, "no entry", "quota"),
+        (403, "Invalid API key provided.", "auth"),
+    ],
+)
+async def test_401_402_and_a_403_for_the_key_refuse_the_subscription(
+    upstream: FakeUpstream, make_agent: MakeAgent, status: int, message: str, kind: str
 ) -> None:
-    upstream.status(status, refusal("no entry"))
+    upstream.status(status, refusal(message))
 
     error = await failure(make_agent(), request_to(upstream.base_url))
     assert isinstance(error, SubscriptionFailureError)
-    assert (error.kind, error.subscription_id) == ("auth", SUB)
+    assert (error.kind, error.subscription_id) == (kind, SUB)
     assert len(upstream.requests) == 1
+
+
+async def test_a_429_carries_the_providers_cooldown(
+    upstream: FakeUpstream, make_agent: MakeAgent
+) -> None:
+    upstream.status(
+        429, refusal("Rate limit reached"), headers={"x-ratelimit-reset-tokens": "1m30s"}
+    )
+
+    error = await failure(make_agent(), request_to(upstream.base_url))
+    assert isinstance(error, SubscriptionFailureError)
+    assert (error.kind, error.cooldown) == ("rate_limit", 90)
 
 
 @pytest.mark.parametrize(
     ("status", "body", "kind"),
     [
-        (400, refusal("You exceeded your current quota, please check your plan."), "rate_limit"),
-        (400, refusal("Your credit balance is too low."), "rate_limit"),
-        (404, refusal("nope", code="insufficient_quota"), "rate_limit"),
+        (400, refusal("You exceeded your current quota, please check your plan."), "quota"),
+        (400, refusal("Your credit balance is too low."), "quota"),
+        (404, refusal("nope", code="insufficient_quota"), "quota"),
         (400, refusal("Invalid API key provided."), "auth"),
         (400, refusal("Token expired"), "auth"),
         (400, {"error": "Authentication required"}, "auth"),
@@ -220,6 +239,7 @@ async def test_other_4xx_are_classified_by_their_message(
         (400, refusal("max_tokens is too large"), "status 400: max_tokens is too large"),
         (404, refusal("The model `x` does not exist"), "status 404: The model `x` does not exist"),
         (422, "<html>unprocessable</html>", "status 422: <html>unprocessable</html>"),
+        (403, refusal("This model is not available in your region"), "status 403: This model"),
         (400, refusal("x" * 5000), "x" * 100),
     ],
 )

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import multiprocessing
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -85,7 +86,13 @@ async def test_concurrent_failures_on_a_never_cascade_and_a_later_failure_on_b_m
     assert later == {"switched": True, "from": "sub-b", "to": "sub-c", "reason": "switched"}
     state = (await api.get("/internal/agents/triple")).json()
     assert state["switch_count"] == 2
-    assert {f["subscription_id"] for f in state["failure_window"]} == {"sub-a", "sub-b"}
+    standing = {s["id"]: (s["state"], s["kind"], s["refusals"]) for s in state["subscriptions"]}
+    assert standing == {
+        "sub-a": ("cooling", "rate_limit", {"rate_limit": 12}),
+        "sub-b": ("disabled", "auth", {"auth": 1}),
+        "sub-c": ("active", None, {}),
+    }
+    assert [s["id"] for s in state["subscriptions"] if s["assigned"]] == ["sub-c"]
 
 
 async def test_no_viable_subscription_is_recorded_once_per_burst(api: httpx.AsyncClient) -> None:
@@ -99,6 +106,8 @@ async def test_no_viable_subscription_is_recorded_once_per_burst(api: httpx.Asyn
     refused = await post(api, "s", "hi", agent_id="helper", metadata=exhausted, wait=10, expect=200)
     run = refused.json()
     assert run["status"] == "failed" and "no viable subscription" in run["error"]
+    assert run["error"].startswith("subscriptions_exhausted: ")
+    assert re.search(r"the first comes back in (5\d|60) s", run["error"])  # default: 60 > 30
 
 
 async def test_two_agents_switch_independently(

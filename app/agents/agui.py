@@ -12,12 +12,12 @@ Every event is validated with the `ag-ui-protocol` models; `events()` yields the
 order, and is where structured run events will come from. The reply is the text of the
 TEXT_MESSAGE_CONTENT and TEXT_MESSAGE_CHUNK events; RUN_FINISHED completes the run, and
 RUN_ERROR fails it. A refusal of the subscription raises SubscriptionFailureError (which
-switches the agent to its next subscription): HTTP 429, or RUN_ERROR with code
-`rate_limit` or `quota`, is `rate_limit`; HTTP 401, 402 or 403, or RUN_ERROR code `auth`,
-is `auth` (402, an unpaid account, waits for someone to act, as a bad key does; that is
-how openai agents count it too). A stream that ends without RUN_FINISHED or RUN_ERROR, or
-an event that does not validate, fails the run. Connection failures and 5xx answers are
-retried with backoff until the first event arrives, never after.
+cools or disables it and switches the agent to its next subscription): an HTTP refusal is
+classified as openai agents' are (`app.subscriptions.classify`: 429 `rate_limit`, 402
+`quota`, 401 `auth`, the rate-limit headers giving the cooldown), and a RUN_ERROR with
+code `rate_limit`, `quota` or `auth` is that kind. A stream that ends without RUN_FINISHED
+or RUN_ERROR, or an event that does not validate, fails the run. Connection failures and
+5xx answers are retried with backoff until the first event arrives, never after.
 
 Cancellation (stop, cancel, interrupt, timeout, a lost lease) closes the response at once:
 the connection is dropped and the agent sees its client leave.
@@ -58,12 +58,12 @@ from app.agents.upstream import (
     with_status,
 )
 from app.errors import AgentFailedError, SubscriptionFailureError
+from app.subscriptions.classify import classify
 
 log = logging.getLogger(__name__)
 
-REFUSAL_STATUSES = {429: "rate_limit", 401: "auth", 402: "auth", 403: "auth"}
-REFUSAL_CODES = {"rate_limit": "rate_limit", "quota": "rate_limit", "auth": "auth"}
-"""RUN_ERROR codes that refuse the subscription, and the switch kind each counts as."""
+REFUSAL_CODES = {"rate_limit": "rate_limit", "quota": "quota", "auth": "auth"}
+"""RUN_ERROR codes that refuse the subscription, and the kind each is."""
 EVENT_STREAM = "text/event-stream"
 
 
@@ -199,14 +199,15 @@ class AGUIAgent:
             parsed = json.loads(raw)
         except ValueError:
             parsed = raw.decode("utf-8", "replace")
-        message = redact(error_text(parsed)[0], call.secrets)
+        text, hints = error_text(parsed)
+        message = redact(text, call.secrets)
         status = reply.status_code
         if status >= 500:
             return Retryable(with_status(status, message))
-        kind = REFUSAL_STATUSES.get(status)
-        if kind is not None and call.subscription is not None:
+        refusal = classify(status, hints, reply.headers)
+        if refusal is not None and call.subscription is not None:
             return SubscriptionFailureError(
-                kind, call.subscription.id, with_status(status, message)
+                refusal.kind, call.subscription.id, with_status(status, message), refusal.cooldown
             )
         return AgentFailedError(f"{self._what} refused the run ({with_status(status, message)})")
 

@@ -4,8 +4,9 @@ One HTTP client (connection pool) per agent, shared by all of its subscriptions:
 subscription's API key is put on each request (its Authorization header) and never on the
 client, and the client keeps no cookies, so a switch of subscription needs no new client
 and nothing of one subscription's account travels with another's requests. A refused
-subscription (429, 401/402/403, or a 4xx whose message speaks of quota or keys) raises
-SubscriptionFailureError; 5xx answers and connection failures are retried with backoff
+subscription (`app.subscriptions.classify`: rate_limit, quota or auth, read from the
+status, the body and the rate-limit headers) raises SubscriptionFailureError with its kind
+and the provider's cooldown; 5xx answers and connection failures are retried with backoff
 while nothing has been streamed yet. The key is redacted from every message this module
 builds.
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,19 +36,12 @@ from app.agents.upstream import (
     with_status,
 )
 from app.errors import AgentFailedError, SubscriptionFailureError
+from app.subscriptions.classify import classify
 
 log = logging.getLogger(__name__)
 
 UPSTREAM = "upstream"
 """How this backend's errors name the far end."""
-RATE_LIMIT_HINTS = ("insufficient_quota", "quota", "credit balance", "rate limit", "rate_limit")
-AUTH_HINTS = (
-    "invalid api key",
-    "invalid_api_key",
-    "incorrect api key",
-    "token expired",
-    "authentication",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +168,7 @@ def _stream_error(chunk: dict[str, Any], target: _Target, *, streamed: bool) -> 
     message = redact(message, (target.api_key,))
     if streamed:
         return AgentFailedError(f"upstream failed after a partial reply: {message or 'error'}")
-    return _classified(None, message, hints, target)
+    return _classified(None, message, hints, target, {})
 
 
 async def _refusal(reply: httpx.Response, target: _Target) -> Exception:
@@ -188,25 +182,15 @@ async def _refusal(reply: httpx.Response, target: _Target) -> Exception:
     message = redact(message, (target.api_key,))
     if reply.status_code >= 500:
         return Retryable(with_status(reply.status_code, message))
-    return _classified(reply.status_code, message, hints, target)
+    return _classified(reply.status_code, message, hints, target, reply.headers)
 
 
-def _classified(status: int | None, message: str, hints: str, target: _Target) -> Exception:
-    kind = _refusal_kind(status, hints)
-    if kind is not None:
-        return SubscriptionFailureError(kind, target.subscription_id, message)
+def _classified(
+    status: int | None, message: str, hints: str, target: _Target, headers: Mapping[str, str]
+) -> Exception:
+    refusal = classify(status, hints, headers)
+    if refusal is not None:
+        return SubscriptionFailureError(
+            refusal.kind, target.subscription_id, message, refusal.cooldown
+        )
     return AgentFailedError(f"upstream refused the request ({with_status(status, message)})")
-
-
-def _refusal_kind(status: int | None, hints: str) -> str | None:
-    if status == 429:
-        return "rate_limit"
-    if status in (401, 402, 403):
-        return "auth"
-    if status is not None and not 400 <= status < 500:
-        return None
-    if any(hint in hints for hint in RATE_LIMIT_HINTS):
-        return "rate_limit"
-    if any(hint in hints for hint in AUTH_HINTS):
-        return "auth"
-    return None

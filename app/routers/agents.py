@@ -20,7 +20,9 @@ class SubscriptionIn(BaseModel):
 class FailureIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     subscription_id: str = Field(min_length=1, max_length=64)
-    kind: Literal["rate_limit", "auth"]
+    kind: Literal["rate_limit", "quota", "auth"]
+    cooldown_seconds: float | None = Field(default=None, ge=0)
+    """The provider's wait, if it gave one; otherwise the kind's default (none for auth)."""
 
 
 @router.get("/agents/{agent_id}")
@@ -38,8 +40,18 @@ async def assign_subscription(
 
 @router.post("/agents/{agent_id}/subscription-failures")
 async def report_failure(agent_id: str, body: FailureIn, resources: InternalDep) -> dict[str, Any]:
-    result = await resources.subscriptions.handle_failure(agent_id, body.subscription_id, body.kind)
+    result = await resources.subscriptions.handle_failure(
+        agent_id, body.subscription_id, body.kind, body.cooldown_seconds
+    )
     return result.public()
+
+
+@router.post("/agents/{agent_id}/subscriptions/{subscription_id}/enable")
+async def enable_subscription(
+    agent_id: str, subscription_id: str, resources: InternalDep
+) -> dict[str, Any]:
+    """A disabled (or cooling) subscription is a candidate again at once."""
+    return await resources.subscriptions.enable(resources.agents.resolve(agent_id), subscription_id)
 
 
 @router.get("/events")

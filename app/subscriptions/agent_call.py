@@ -1,20 +1,27 @@
-"""Running an agent on its agent's current subscription, switched once on a refusal.
+"""Running an agent on its agent's current subscription, switched on a refusal.
 
-When the upstream refuses the subscription a run used, the switch is made once per burst
-(by whichever worker wins the agent's switch lease; see `switcher`) and the run is tried
-once more on the subscription that is current then. A reply already under way is never
-retried: part of it was out.
+When the upstream refuses the subscription a run used, the refusal is recorded and the
+switch is made once per burst (by whichever worker wins the agent's switch lease; see
+`switcher`), and the run is tried again on the subscription that is current then: once per
+subscription, so an agent of three tries A, B and C. With no viable subscription left, a
+`rate_limit` whose wait is short (at most `Cooldowns.wait_max` in all) makes the run wait
+for the first subscription to come back and try again; anything else fails the run with
+SubscriptionsExhaustedError. A reply already under way is never retried: part of it was out.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from app.agents import AgentRegistry, AgentRequest, RunContext, Turn
-from app.errors import AgentFailedError, SubscriptionFailureError
+from app.errors import AgentFailedError, SubscriptionFailureError, SubscriptionsExhaustedError
 from app.sessions.models import Run
-from app.subscriptions.switcher import Subscriptions
+from app.subscriptions.switcher import Subscriptions, SwitchResult
+
+log = logging.getLogger(__name__)
 
 
 class Progress(Protocol):
@@ -31,6 +38,10 @@ class Progress(Protocol):
 
 
 History = Callable[[], Awaitable[list[Turn]]]
+MAX_WAITS = 5
+"""Waits of one run for a subscription to come back, whatever their length."""
+WAIT_MARGIN = 0.01
+"""Added to a wait, so that the subscription's time has ended when the run tries it again."""
 
 
 class AgentCalls:
@@ -40,23 +51,55 @@ class AgentCalls:
 
     async def run(self, run: Run, history: History, progress: Progress) -> None:
         """Run the agent for `run`, streaming its reply into `progress`."""
-        try:
-            current = await self._subscriptions.current(run.agent_id)
-            await self._stream(run, history, progress, current)
-        except SubscriptionFailureError as failure:
-            if progress.replied or progress.subscription is None:
-                raise  # a reply already under way cannot be retried
-            result = await self._subscriptions.handle_failure(
-                run.agent_id, failure.subscription_id or progress.subscription, failure.kind
-            )
-            if result.reason == "no_alternative":
-                raise AgentFailedError(
-                    f"{failure}; no viable subscription to switch to"
-                ) from failure
+        subscription = await self._subscriptions.current(run.agent_id)
+        tried: set[str] = set()
+        waited, waits = 0.0, 0
+        while True:
             try:
-                await self._stream(run, history, progress, result.to_subscription)
-            except SubscriptionFailureError as again:
-                raise AgentFailedError(f"{again} (retried after: {failure})") from again
+                await self._stream(run, history, progress, subscription)
+                return
+            except SubscriptionFailureError as failure:
+                if progress.replied or progress.subscription is None:
+                    raise  # a reply already under way cannot be retried
+                failed = failure.subscription_id or progress.subscription
+                tried.add(failed)
+                result = await self._subscriptions.handle_failure(
+                    run.agent_id, failed, failure.kind, failure.cooldown
+                )
+                wait = self._wait_for(failure, result, waited, waits)
+                if wait is not None:
+                    log.info(
+                        "agent %s: run %s waits %.3gs for a subscription",
+                        run.agent_id,
+                        run.run_id,
+                        wait,
+                    )
+                    await asyncio.sleep(wait)
+                    waited += wait
+                    waits += 1
+                    tried.clear()
+                    subscription = await self._subscriptions.current(run.agent_id)
+                elif result.reason == "no_alternative":
+                    raise SubscriptionsExhaustedError(
+                        run.agent_id, result.retry_in, str(failure)
+                    ) from failure
+                elif result.to_subscription in tried:
+                    raise AgentFailedError(
+                        f"{failure}; subscription {result.to_subscription!r} was tried already"
+                    ) from failure
+                else:
+                    subscription = result.to_subscription
+
+    def _wait_for(
+        self, failure: SubscriptionFailureError, result: SwitchResult, waited: float, waits: int
+    ) -> float | None:
+        """Seconds to wait for a subscription to come back, or None to switch or fail."""
+        back_in = result.retry_in
+        if result.reason != "no_alternative" or failure.kind != "rate_limit" or back_in is None:
+            return None
+        if waits >= MAX_WAITS or waited + back_in > self._subscriptions.cooldowns.wait_max:
+            return None
+        return back_in + WAIT_MARGIN
 
     async def _stream(
         self, run: Run, history: History, progress: Progress, subscription: str | None

@@ -1,4 +1,5 @@
-"""The assignment script: a compare-and-set fenced by the agent's switch lease."""
+"""The subscription scripts, registered once per client: the assignment (a compare-and-set
+fenced by the agent's switch lease) here; refusals and enabling in `cooldowns`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from enum import IntEnum
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+
+from app.subscriptions.cooldowns import ENABLE, REFUSE, STANDINGS
 
 
 class AssignCode(IntEnum):
@@ -65,10 +68,19 @@ return {1}
 class SubscriptionScripts:
     assign: AsyncScript
     no_viable: AsyncScript
+    refuse: AsyncScript
+    enable: AsyncScript
+    standings: AsyncScript
 
     @classmethod
     def register(cls, redis: Redis) -> SubscriptionScripts:
-        return cls(assign=redis.register_script(ASSIGN), no_viable=redis.register_script(NO_VIABLE))
+        return cls(
+            assign=redis.register_script(ASSIGN),
+            no_viable=redis.register_script(NO_VIABLE),
+            refuse=redis.register_script(REFUSE),
+            enable=redis.register_script(ENABLE),
+            standings=redis.register_script(STANDINGS),
+        )
 
     def all(self) -> list[AsyncScript]:
         return [getattr(self, f.name) for f in fields(self)]

@@ -1,26 +1,26 @@
 """One subscription switch per agent per burst of failures, across every worker.
 
-On a refused subscription (rate limit, quota, auth):
+On a refused subscription (`classify`: rate_limit, quota, auth):
 
-1. the failure is recorded in the agent's failure window (outside any lock); a
-   subscription with a failure in the window is no candidate, and switching never clears
-   this history, so an agent cannot ping-pong between two exhausted subscriptions;
+1. the refusal is recorded outside any lock (`cooldowns`): the subscription cools for its
+   kind's cooldown, or is disabled for `auth`; a cooling or disabled subscription is no
+   candidate, and switching never clears a standing, so an agent cannot ping-pong between
+   two exhausted subscriptions;
 2. the assignment is read; if it is no longer the failed subscription, the failure is stale;
 3. the agent's switch lease is taken (blocking, with a timeout) and the assignment read
    again: a change since step 2 means another worker switched already;
-4. the first subscription in priority order that is neither the failed one nor in the
-   window is assigned by a compare-and-set fenced by the lease's fence (an expired holder
+4. the first subscription in priority order that is neither the failed one nor cooling
+   nor disabled is assigned by a compare-and-set fenced by the lease's fence (an expired holder
    cannot overwrite a newer assignment), which also writes the one event of the switch;
-   with no candidate, "no viable subscription" is recorded once;
+   with no candidate, "no viable subscription" is recorded once, and the answer says in
+   how many seconds the first subscription comes back (`retry_in`);
 5. outside the lease, the webhook (if any) gets one POST.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from redis.asyncio import Redis
@@ -31,7 +31,11 @@ from app.keys import AgentKeys, agent_keys
 from app.locks import Lease, LeaseManager
 from app.metrics import Metrics
 from app.redis import as_text, guarded
+from app.subscriptions import cooldowns, views
+from app.subscriptions.classify import Cooldowns
+from app.subscriptions.cooldowns import Standings
 from app.subscriptions.scripts import AssignCode, SubscriptionScripts
+from app.subscriptions.views import effective
 from app.subscriptions.webhook import Webhook
 
 log = logging.getLogger(__name__)
@@ -45,14 +49,20 @@ class SwitchResult:
     from_subscription: str
     to_subscription: str
     reason: Reason
+    retry_in: float | None = None
+    """With no alternative: seconds until the first subscription comes back (None: all
+    are disabled)."""
 
     def public(self) -> dict[str, Any]:
-        return {
+        answer: dict[str, Any] = {
             "switched": self.switched,
             "from": self.from_subscription,
             "to": self.to_subscription,
             "reason": self.reason,
         }
+        if self.reason == "no_alternative":
+            answer["retry_in"] = self.retry_in
+        return answer
 
 
 class Subscriptions:
@@ -64,7 +74,7 @@ class Subscriptions:
         agents: AgentRegistry,
         metrics: Metrics,
         *,
-        failure_window: float,
+        cooldowns: Cooldowns,
         switch_wait: float,
         switch_ttl: float,
         events_max_length: int,
@@ -75,7 +85,7 @@ class Subscriptions:
         self._leases = leases
         self._agents = agents
         self._metrics = metrics
-        self._window_ms = round(failure_window * 1000)
+        self.cooldowns = cooldowns
         self._wait = switch_wait
         self._ttl = switch_ttl
         self._max_events = events_max_length
@@ -90,12 +100,18 @@ class Subscriptions:
         if not priority:
             return None
         stored = await guarded(self._redis.hget(agent_keys(agent_id).assignment, "subscription"))
-        return _effective(stored, priority)
+        return effective(stored, priority)
 
-    async def handle_failure(self, agent_id: str, failed: str, kind: str) -> SwitchResult:
+    async def handle_failure(
+        self, agent_id: str, failed: str, kind: str, cooldown: float | None = None
+    ) -> SwitchResult:
+        """Record a refusal of `failed` (`cooldown`: the provider's, if it gave one) and
+        switch once per burst."""
         priority = self._known(agent_id, failed)
         keys = agent_keys(agent_id)
-        await self._record_failure(keys, failed)
+        seconds = self.cooldowns.of(kind, cooldown)
+        await cooldowns.refuse(self._scripts.refuse, keys.refusals, failed, kind, seconds)
+        self._metrics.refusals.labels(kind).inc()
         _, snapshot, _ = await self._read(keys, priority)
         if snapshot != failed:
             return self._outcome(SwitchResult(False, failed, snapshot, "stale"))
@@ -135,63 +151,32 @@ class Subscriptions:
         self._metrics.switches.labels("manual").inc()
         return SwitchResult(True, current, subscription, "assigned")
 
+    async def enable(self, agent_id: str, subscription: str) -> dict[str, Any]:
+        """Make a disabled (or cooling) subscription a candidate again."""
+        self._known(agent_id, subscription)
+        refusals = agent_keys(agent_id).refusals
+        was = await cooldowns.enable(self._scripts.enable, refusals, subscription)
+        if was != "active":
+            log.warning("agent %s: subscription %s enabled (was %s)", agent_id, subscription, was)
+        return {"agent_id": agent_id, "subscription_id": subscription, "was": was}
+
     async def state(self, agent_id: str) -> dict[str, Any]:
-        priority = self.priority(agent_id)
-        keys = agent_keys(agent_id)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.assignment)
-            pipe.zrange(keys.failures, 0, -1, withscores=True)
-            assignment, failures = await guarded(pipe.execute())
-        fields = {as_text(k): as_text(v) for k, v in assignment.items()}
-        now_ms = time.time() * 1000
-        window = [
-            {
-                "subscription_id": as_text(sub),
-                "failed_at": _iso_ms(score),
-                "expires_at": _iso_ms(score + self._window_ms),
-            }
-            for sub, score in failures
-            if score + self._window_ms > now_ms
-        ]
-        last = None
-        if fields.get("last_at"):
-            last = {
-                "from": fields["last_from"],
-                "to": fields["last_to"],
-                "at": _iso_us(int(fields["last_at"])),
-                "reason": fields["last_reason"],
-            }
-        return {
-            "agent_id": agent_id,
-            "subscription": _effective(fields.get("subscription"), priority) if priority else None,
-            "subscriptions": list(priority),
-            "failure_window": window,
-            "switch_count": int(fields.get("switch_count") or 0),
-            "last_switch": last,
-        }
+        return await views.agent_state(
+            self._redis, self._scripts.standings, agent_id, self.priority(agent_id)
+        )
 
     async def events(self, agent_ids: list[str], limit: int) -> list[dict[str, Any]]:
         """The newest events of these agents, newest first."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for agent_id in agent_ids:
-                pipe.xrevrange(agent_keys(agent_id).events, count=limit)
-            streams = await guarded(pipe.execute())
-        entries = [
-            {"id": as_text(entry_id)} | {as_text(k): as_text(v) for k, v in fields.items()}
-            for stream in streams
-            for entry_id, fields in stream
-        ]
-        entries.sort(key=lambda e: tuple(int(p) for p in e["id"].split("-")), reverse=True)
-        return entries[:limit]
+        return await views.agent_events(self._redis, agent_ids, limit)
 
     async def _switch_held(
         self, lease: Lease, keys: AgentKeys, priority: tuple[str, ...], failed: str, kind: str
     ) -> tuple[SwitchResult, dict[str, Any] | None]:
         agent_id = keys.lease.resource.removeprefix("a:")
-        raw, current, recent = await self._read(keys, priority)
+        raw, current, standings = await self._read(keys, priority)
         if current != failed:
             return SwitchResult(False, failed, current, "stale"), None
-        candidate = next((s for s in priority if s != failed and s not in recent), None)
+        candidate = next((s for s in priority if s != failed and standings.viable(s)), None)
         if candidate is None:
             recorded = await guarded(
                 self._scripts.no_viable(
@@ -203,7 +188,8 @@ class Subscriptions:
                 log.error(
                     "agent %s: no viable subscription after %s failed (%s)", agent_id, failed, kind
                 )
-            return SwitchResult(False, failed, failed, "no_alternative"), None
+            back_in = standings.back_in(priority)
+            return SwitchResult(False, failed, failed, "no_alternative", back_in), None
         code, *_ = await self._assign(lease, keys, raw, current, candidate, "auto", kind)
         if code != AssignCode.ASSIGNED:
             return SwitchResult(False, failed, current, "stale"), None
@@ -249,23 +235,12 @@ class Subscriptions:
         )
         return [AssignCode(reply[0]), *reply[1:]]
 
-    async def _record_failure(self, keys: AgentKeys, failed: str) -> None:
-        now_ms = round(time.time() * 1000)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(keys.failures, {failed: now_ms})
-            pipe.zremrangebyscore(keys.failures, "-inf", now_ms - self._window_ms)
-            pipe.pexpire(keys.failures, self._window_ms)
-            await guarded(pipe.execute())
-
-    async def _read(self, keys: AgentKeys, priority: tuple[str, ...]) -> tuple[str, str, set[str]]:
-        """(stored assignment or '', effective assignment, subscriptions failed in the window)."""
-        since = round(time.time() * 1000) - self._window_ms
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hget(keys.assignment, "subscription")
-            pipe.zrangebyscore(keys.failures, since, "+inf")
-            stored, recent = await guarded(pipe.execute())
+    async def _read(self, keys: AgentKeys, priority: tuple[str, ...]) -> tuple[str, str, Standings]:
+        """(stored assignment or '', effective assignment, standings of the subscriptions)."""
+        stored = await guarded(self._redis.hget(keys.assignment, "subscription"))
+        standings = await cooldowns.read(self._scripts.standings, keys.refusals)
         raw = as_text(stored) if stored else ""
-        return raw, _effective(raw, priority), {as_text(s) for s in recent}
+        return raw, effective(raw, priority), standings
 
     def _known(self, agent_id: str, subscription: str) -> tuple[str, ...]:
         priority = self.priority(self._agents.resolve(agent_id))
@@ -287,16 +262,3 @@ class Subscriptions:
             "reason": reason,
             "kind": kind,
         }
-
-
-def _effective(stored: object, priority: tuple[str, ...]) -> str:
-    text = as_text(stored) if stored else ""
-    return text if text in priority else priority[0]
-
-
-def _iso_ms(epoch_ms: float) -> str:
-    return datetime.fromtimestamp(epoch_ms / 1000, UTC).isoformat(timespec="milliseconds")
-
-
-def _iso_us(epoch_us: int) -> str:
-    return _iso_ms(epoch_us / 1000)

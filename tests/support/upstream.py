@@ -6,8 +6,12 @@
         ...
     upstream.requests[1].json["messages"]
 
-Each request to `POST /v1/chat/completions` takes the next planned reply (a 500 once the
-plan is used up) and is recorded with its headers and JSON body.
+Each request to `POST /v1/chat/completions` takes the next planned reply (`otherwise`, or
+a 500, once the plan is used up) and is recorded with its headers and JSON body. A request
+with a key `refuse(key, ...)` names is refused instead, for as long as the rule says:
+
+    upstream.refuse("key-of-a", 429, headers={"retry-after": "2"}, seconds=2)
+    upstream.otherwise = Reply(deltas=("ok",))
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ class Reply:
     """Append the Authorization header received to the error message (as careless servers do)."""
     set_cookie: str | None = None
     """A `Set-Cookie` header to send with a stream."""
+    headers: tuple[tuple[str, str], ...] = ()
+    """More headers of a refusal (`retry-after`...)."""
 
     @property
     def streams(self) -> bool:
@@ -75,6 +81,10 @@ class FakeUpstream:
         self.disconnects = 0
         self.base_url = ""
         """Set by whoever serves it."""
+        self.otherwise: Reply | None = None
+        """The reply once the plan is used up; None: a 500."""
+        self.refusals: dict[str, tuple[Reply, float | None]] = {}
+        """API key -> (its refusal, until when on the monotonic clock; None: for ever)."""
 
     def stream(
         self,
@@ -94,12 +104,38 @@ class FakeUpstream:
         return self.add(Reply(raw=text, done=False))
 
     def status(
-        self, code: int, body: Any = None, *, times: int = 1, echo_authorization: bool = False
+        self,
+        code: int,
+        body: Any = None,
+        *,
+        times: int = 1,
+        echo_authorization: bool = False,
+        headers: dict[str, str] | None = None,
     ) -> FakeUpstream:
         body = {"error": {"message": f"status {code}"}} if body is None else body
+        extra = tuple((headers or {}).items())
         for _ in range(times):
-            self.add(Reply(code, body, echo_authorization=echo_authorization))
+            self.add(Reply(code, body, echo_authorization=echo_authorization, headers=extra))
         return self
+
+    def refuse(
+        self,
+        api_key: str,
+        code: int,
+        body: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+        seconds: float | None = None,
+    ) -> FakeUpstream:
+        """Refuse every request with this key, for `seconds` from now (None: until lifted)."""
+        body = {"error": {"message": f"status {code}"}} if body is None else body
+        until = None if seconds is None else time.monotonic() + seconds
+        self.refusals[api_key] = (Reply(code, body, headers=tuple((headers or {}).items())), until)
+        return self
+
+    def keys_used(self) -> list[str]:
+        """The API key of each request, in order."""
+        return [r.headers.get("authorization", "").removeprefix("Bearer ") for r in self.requests]
 
     def drop_connection(self) -> FakeUpstream:
         """Send the 200 headers, then cut the connection before any event."""
@@ -125,14 +161,20 @@ class FakeUpstream:
         if reply.streams:
             await self._send_stream(reply, receive, send)
         else:
-            await _send_json(send, reply.status, _error_body(reply, received))
+            await _send_json(send, reply.status, _error_body(reply, received), reply.headers)
 
     def _next(self, received: Received) -> Reply:
         if received.method != "POST" or received.path != PATH:
             return Reply(404, {"error": {"message": f"no route {received.path}"}})
-        if not self.plan:
-            return Reply(500, {"error": {"message": "the fake upstream has nothing planned"}})
-        return self.plan.popleft()
+        key = received.headers.get("authorization", "").removeprefix("Bearer ")
+        refusal, until = self.refusals.get(key, (None, None))
+        if refusal is not None and (until is None or time.monotonic() < until):
+            return refusal
+        if self.plan:
+            return self.plan.popleft()
+        if self.otherwise is not None:
+            return self.otherwise
+        return Reply(500, {"error": {"message": "the fake upstream has nothing planned"}})
 
     async def _send_stream(self, reply: Reply, receive: Receive, send: Send) -> None:
         headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
@@ -204,9 +246,12 @@ async def _disconnected(receive: Receive) -> None:
         pass
 
 
-async def _send_json(send: Send, status: int, body: Any) -> None:
+async def _send_json(
+    send: Send, status: int, body: Any, extra: tuple[tuple[str, str], ...] = ()
+) -> None:
     payload = json.dumps(body).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
+    headers += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
