@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 from ag_ui.core import (
     Event,
+    EventType,
     RunErrorEvent,
     RunFinishedCancelledOutcome,
     RunFinishedEvent,
@@ -43,7 +44,7 @@ from ag_ui.core import (
 )
 
 from app.agents.agui_wire import RunIds, parse_event, run_input
-from app.agents.base import AgentRequest, Subscription
+from app.agents.base import AgentRequest, RunEvent, Subscription
 from app.agents.config import AgentConfig
 from app.agents.upstream import (
     Retryable,
@@ -104,7 +105,7 @@ class AGUIAgent:
             timeout=timeout, transport=transport, cookies=no_cookies(), headers=config.headers
         )
 
-    async def stream(self, request: AgentRequest) -> AsyncIterator[str]:
+    async def stream(self, request: AgentRequest) -> AsyncIterator[str | RunEvent]:
         streamed = False
         async with contextlib.aclosing(self.events(request)) as events:
             async for event in events:
@@ -112,6 +113,9 @@ class AGUIAgent:
                     if event.delta:
                         streamed = True
                         yield event.delta
+                elif event.type not in _FRAMING:
+                    streamed = True
+                    yield _structured(event)
                 elif isinstance(event, RunErrorEvent):
                     raise self._run_error(event, request, streamed=streamed)
                 elif isinstance(event, RunFinishedEvent) and isinstance(
@@ -222,3 +226,24 @@ class AGUIAgent:
         after = " after a partial reply" if streamed else ""
         with_code = f" (code {short(event.code)})" if event.code else ""
         return AgentFailedError(f"{self._what} failed{after}: {message or 'RUN_ERROR'}{with_code}")
+
+
+# Events that frame the run and its messages: leasegate makes its own.
+_FRAMING = frozenset(
+    {
+        EventType.RUN_STARTED,
+        EventType.RUN_FINISHED,
+        EventType.RUN_ERROR,
+        EventType.TEXT_MESSAGE_START,
+        EventType.TEXT_MESSAGE_END,
+    }
+)
+
+
+def _structured(event: Event) -> RunEvent:
+    """A tool call, tool result, state change, step, reasoning or custom event of the agent,
+    as a structured event of the run (its AG-UI fields, camelCase)."""
+    data = event.model_dump(
+        mode="json", by_alias=True, exclude_none=True, exclude={"type", "timestamp", "raw_event"}
+    )
+    return RunEvent(event.type.value.lower(), data)

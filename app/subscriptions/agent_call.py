@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from app.agents import AgentRegistry, AgentRequest, RunContext, Turn
+from app.agents import AgentRegistry, AgentRequest, RunContext, RunEvent, Turn
 from app.errors import AgentFailedError, SubscriptionFailureError, SubscriptionsExhaustedError
 from app.sessions.models import Run
 from app.subscriptions.switcher import Subscriptions, SwitchResult
@@ -34,7 +34,9 @@ class Progress(Protocol):
         """Whether any of the reply was produced already."""
         ...
 
-    def add(self, delta: str) -> None: ...
+    def add(self, item: str | RunEvent) -> None:
+        """Reply text, or a structured event; raises AgentFailedError past the run's bounds."""
+        ...
 
 
 History = Callable[[], Awaitable[list[Turn]]]
