@@ -30,8 +30,18 @@ SLOW = {"delay_ms": 600}
 
 
 @pytest.fixture
-async def proxy(redis_server: RedisServer, redis: Redis) -> AsyncIterator[FaultProxy]:
-    async with FaultProxy("127.0.0.1", redis_server.port) as running:
+async def redis(own_redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A client of the test's own redis-server. Not the suite's: the long-lived servers
+    other tests start sweep the suite's Redis, and would take over the sessions these
+    tests leave holderless on purpose."""
+    client = Redis.from_url(own_redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def proxy(own_redis_server: RedisServer, redis: Redis) -> AsyncIterator[FaultProxy]:
+    async with FaultProxy("127.0.0.1", own_redis_server.port) as running:
         yield running
 
 

@@ -68,8 +68,17 @@ async def stack_for(url: str, *, retry_lost: bool = False) -> tuple[Stack, Redis
 
 
 @pytest.fixture
-async def stack(redis: Redis, redis_server: RedisServer) -> AsyncIterator[Stack]:
-    built, client = await stack_for(redis_server.url)
+async def redis(own_redis_server: RedisServer) -> AsyncIterator[Redis]:
+    """A client of the test's own redis-server: on the suite's, the long-lived servers other
+    tests start would sweep, and take over, the sessions these tests leave holderless."""
+    client = Redis.from_url(own_redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def stack(redis: Redis, own_redis_server: RedisServer) -> AsyncIterator[Stack]:
+    built, client = await stack_for(own_redis_server.url)
     yield built
     await client.aclose()
 
@@ -151,7 +160,7 @@ async def test_release_on_shutdown_leaves_the_queue_and_says_so(stack: Stack) ->
 
 
 async def test_recovery_restarts_a_run_that_never_started_and_ends_one_that_did(
-    stack: Stack, redis: Redis, redis_server: RedisServer
+    stack: Stack, redis: Redis, own_redis_server: RedisServer
 ) -> None:
     session = SessionRef.of("t", "lost")
     _, run_id = await stack.started(session, "granted, never started")
@@ -165,7 +174,7 @@ async def test_recovery_restarts_a_run_that_never_started_and_ends_one_that_did(
     assert await stack.index.recover([session]) == [None]  # nothing else to do
     assert (await stack.reads.get_run(session, run_id)).status == RunStatus.LOST
 
-    retrying, client = await stack_for(redis_server.url, retry_lost=True)
+    retrying, client = await stack_for(own_redis_server.url, retry_lost=True)
     other = SessionRef.of("t", "retried")
     _, first = await retrying.started(other, "in flight")
     await redis.hset(other.keys.state, "confirmed", first)
