@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from app.agents import AgentRegistry, AgentRequest
+from app.agents import AgentRegistry, AgentRequest, RunEvent
 from app.errors import AgentsConfigError
 from app.redis.server import RedisServer
 from tests.support.api import app_client, post, wait_status
@@ -139,3 +139,42 @@ def test_a_bad_entrypoint_is_refused_with_one_clear_message(
 def test_an_entrypoint_must_be_module_colon_attribute(tmp_path: Path) -> None:
     with pytest.raises(AgentsConfigError, match="entrypoint"):
         registry(tmp_path, "just_a_module")
+
+
+STATES: list[dict[str, object]] = []
+
+
+class CountingAgent:
+    """Keeps a counter in the session's agent state: a snapshot at first, then deltas."""
+
+    async def stream(self, request: AgentRequest) -> AsyncIterator[str | RunEvent]:
+        state = await request.state() if request.state else {}
+        STATES.append(state)
+        if "count" not in state:
+            yield RunEvent("state_snapshot", {"snapshot": {"count": 1, "notes": []}})
+        else:
+            patch = [
+                {"op": "replace", "path": "/count", "value": int(str(state["count"])) + 1},
+                {"op": "add", "path": "/notes/-", "value": request.text},
+            ]
+            yield RunEvent("state_delta", {"delta": patch})
+        yield "counted"
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+
+
+async def test_the_agent_state_is_kept_between_runs_with_its_patches_applied(
+    redis: Redis, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    STATES.clear()
+    agents = registry(tmp_path, f"{HERE}:CountingAgent")
+    async with app_client(redis_server.url, agents=agents) as api:
+        for text in ("one", "two", "three"):
+            run = (await post(api, "py-state", text, agent_id="mine", wait=10, expect=200)).json()
+            assert run["status"] == "completed"
+        state = (await api.get("/v1/sessions/py-state")).json()
+        await api.post("/v1/sessions/py-state/reset")  # a new conversation starts afresh
+        await post(api, "py-state", "four", agent_id="mine", wait=10, expect=200)
+    assert STATES == [{}, {"count": 1, "notes": []}, {"count": 2, "notes": ["two"]}, {}]
+    assert state["agent_state"] == {"count": 3, "notes": ["two", "three"]}

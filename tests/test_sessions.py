@@ -50,6 +50,7 @@ async def test_post_with_wait_returns_the_finished_run_and_records_the_transcrip
         "generation": 1,
         "last_error": None,
         "default_busy_policy": "enqueue",
+        "agent_state": {},
     }
 
 

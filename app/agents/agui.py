@@ -146,7 +146,8 @@ class AGUIAgent:
     async def _call(self, request: AgentRequest) -> _Call:
         ids = RunIds.of(request)
         history = await request.history() if request.history is not None else []
-        body = run_input(request, history, ids).model_dump_json(by_alias=True)
+        state = await request.state() if request.state is not None else {}
+        body = run_input(request, history, ids, state).model_dump_json(by_alias=True)
         headers = {
             "Accept": EVENT_STREAM,
             "Content-Type": "application/json",

@@ -59,14 +59,16 @@ class RunIds:
         return cls(made_up, made_up)
 
 
-def run_input(request: AgentRequest, history: list[Turn], ids: RunIds) -> RunAgentInput:
+def run_input(
+    request: AgentRequest, history: list[Turn], ids: RunIds, state: dict[str, Any] | None = None
+) -> RunAgentInput:
     messages = conversation(history)
     messages.append(UserMessage(id=f"{ids.run_id}:user", content=request.text))
     return RunAgentInput(
         thread_id=ids.thread_id,
         run_id=ids.run_id,
         protocol_version=PROTOCOL_VERSION,
-        state={},
+        state=state or {},
         messages=messages,
         tools=[],
         context=[],

@@ -53,6 +53,9 @@ class AgentRequest:
     """The subscription the run uses; None for agents without subscriptions."""
     run: RunContext | None = None
     """Which run this is, under which fence; None outside a session (tests, tools)."""
+    state: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    """Reads the session's agent state as the agent last left it (its `state_snapshot` and
+    `state_delta` events, JSON Patch applied; `{}` at first); a callable, like `history`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,6 +127,7 @@ local function main()
   local generation = redis.call('HINCRBY', K_STATE, 'generation', 1)
   if generation == 1 then generation = redis.call('HINCRBY', K_STATE, 'generation', 1) end
   redis.call('HSET', K_STATE, 'active_run', '')
+  redis.call('HDEL', K_STATE, 'agent_state')  -- a new conversation: the agent starts afresh
   clear_stop()
   retain()
   emit('reset', '', tostring(generation))

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 FLUSH_DELAY = 0.05
 DELTA = "delta"
+STATE_ITEM = "$state"
+"""An item that is no event: the session's agent state as the run has left it (JSON)."""
 
 Item = tuple[str, str]
 """(kind, payload): ("delta", reply text), or (event kind, its data as JSON)."""

@@ -15,22 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from app import logs
-from app.agents import RunEvent, Turn
+from app.agents import Turn
 from app.errors import (
-    AgentFailedError,
     LeaseLostError,
     LeaseNotOwnedError,
     RedisUnavailableError,
 )
 from app.locks import Lease
 from app.metrics import Metrics
+from app.sessions.active import ActiveRun
 from app.sessions.control import Control
 from app.sessions.deltas import DeltaBuffer
 from app.sessions.models import Run, RunStatus, StartedHold
@@ -43,8 +42,6 @@ from app.sessions.writes import AfterFinish, Finished, HolderWrites
 log = logging.getLogger(__name__)
 
 FINISH_RETRY_DELAY = 0.1
-MAX_EVENTS_PER_RUN = 10_000
-MAX_EVENT_BYTES = 64 * 1024
 
 STOP_STATUS = {
     "cancelled": RunStatus.CANCELLED,
@@ -52,46 +49,6 @@ STOP_STATUS = {
     "timed_out": RunStatus.TIMED_OUT,
     "rolled_back": RunStatus.ROLLED_BACK,
 }
-
-
-@dataclass(slots=True)
-class ActiveRun:
-    run: Run
-    task: asyncio.Task[None] | None = None
-    parts: list[str] = field(default_factory=list)
-    stop_reason: str | None = None
-    subscription: str | None = None
-    deltas: DeltaBuffer | None = None
-
-    events: int = 0
-
-    @property
-    def replied(self) -> bool:
-        return bool(self.parts) or self.events > 0
-
-    def add(self, item: str | RunEvent) -> None:
-        if isinstance(item, str):
-            self.parts.append(item)
-            if self.deltas is not None:
-                self.deltas.add(item)
-            return
-        payload = json.dumps(item.data, separators=(",", ":"))
-        self.events += 1
-        if self.events > MAX_EVENTS_PER_RUN:
-            raise AgentFailedError(f"the agent sent more than {MAX_EVENTS_PER_RUN} events")
-        if len(payload) > MAX_EVENT_BYTES:
-            raise AgentFailedError(
-                f"the agent sent a {item.kind} event of {len(payload)} bytes; "
-                f"at most {MAX_EVENT_BYTES}"
-            )
-        if self.deltas is not None:
-            self.deltas.add_event(item.kind, payload)
-
-    def stop(self, reason: str) -> None:
-        if self.stop_reason is None:
-            self.stop_reason = reason
-        if self.task is not None:
-            self.task.cancel()
 
 
 History = Callable[[], Awaitable[list[Turn]]]
@@ -179,6 +136,7 @@ async def _execute(
     loop = asyncio.get_running_loop()
     started = loop.time()
     active = ActiveRun(run)
+    active.read_state = functools.partial(deps.reads.agent_state, session)
     active.deltas = DeltaBuffer(
         functools.partial(deps.writes.emit, session, held.lease, run.run_id)
     )

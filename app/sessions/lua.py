@@ -194,7 +194,7 @@ local function start(run_id, run, now, holder, extra, stop_pending)
   local fence = redis.call('HINCRBY', K_STATE, 'fence', 1)
   run.status, run.started_at, run.fence, run.worker = 'running', now, tostring(fence), holder
   save_run(run_id, run)
-  redis.call('HSET', K_STATE, 'active_run', run_id, 'sent', 0, 'confirmed', '',
+  redis.call('HSET', K_STATE, 'active_run', run_id, 'sent', 0, 'batch', 0, 'confirmed', '',
              unpack(extra or {}))
   if stop_pending then clear_stop() end
   emit('started', run_id, '')

@@ -197,6 +197,7 @@ class SessionView:
     generation: int
     last_error: str | None
     default_busy_policy: str
+    agent_state: dict[str, Any] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
         busy = self.holder is not None or self.active_run is not None or bool(self.queued)
@@ -218,6 +219,7 @@ class SessionView:
             "generation": self.generation,
             "last_error": self.last_error,
             "default_busy_policy": self.default_busy_policy,
+            "agent_state": self.agent_state,
         }
 
 

@@ -64,13 +64,14 @@ class Reads:
             "held_since",
             "last_error",
             "default_policy",
+            "agent_state",
         ]
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.pttl(keys.lease.lease)
             pipe.hmget(keys.state, fields)
             pipe.lrange(keys.queue, 0, -1)
             pttl, state, queued = await self._call(pipe.execute())
-        generation, active_id, holder, fence, held_since, last_error, default = (
+        generation, active_id, holder, fence, held_since, last_error, default, agent_state = (
             as_text(v) if v is not None else None for v in state
         )
         if generation is None:
@@ -91,6 +92,7 @@ class Reads:
             generation=int(generation),
             last_error=last_error or None,
             default_busy_policy=default or self._default_policy,
+            agent_state=json.loads(agent_state) if agent_state else {},
         )
 
     async def _runs(self, session: SessionRef, run_ids: list[str]) -> list[Run]:
@@ -129,6 +131,12 @@ class Reads:
         """The current generation's conversation, oldest first, for an agent."""
         turns = await self._call(self._redis.lrange(session.keys.transcript, 0, -1))
         return [Turn(**json.loads(turn)) for turn in turns]
+
+    async def agent_state(self, session: SessionRef) -> dict[str, Any]:
+        """The session's agent state as its agent last left it (`{}` at first)."""
+        raw = await self._call(self._redis.hget(session.keys.state, "agent_state"))
+        state = json.loads(raw) if raw else {}
+        return state if isinstance(state, dict) else {}
 
     async def events_after(
         self, session: SessionRef, after: str | None, count: int

@@ -119,7 +119,8 @@ end
 # KEYS: SessionKeys.all
 # ARGV[1] token, ARGV[2] fence, ARGV[3] run id, ARGV[4] this write's batch number (1, 2...
 #   in order), ARGV[5] its items: JSON [[kind, payload], ...], kind "delta" for reply text
-#   (the payload the text), else a structured event's kind (the payload its data as JSON)
+#   (the payload the text), "$state" for the session's agent state as the run left it (kept
+#   in the state, not an event), else a structured event's kind (its data as JSON)
 # Tool calls and results are also kept with the run (`<run id>:t`), for the transcript.
 # Returns {OK} (also when this batch was written already: a re-send) | {STALE}
 EMIT = """
@@ -133,8 +134,13 @@ local function main()
   end
   if tonumber(state[4] or '0') >= batch then return {OK} end
   local sent, tools = tonumber(state[2] or '0'), {}
+  local agent_state = nil
   for _, item in ipairs(cjson.decode(ARGV[5])) do
-    emit(item[1], run_id, item[2])
+    if item[1] == '$state' then
+      agent_state = item[2]
+    else
+      emit(item[1], run_id, item[2])
+    end
     if item[1] == 'delta' then
       sent = sent + #item[2]
     elseif TOOL_KINDS[item[1]] then
@@ -142,6 +148,7 @@ local function main()
     end
   end
   local fields = {'sent', sent, 'batch', batch, 'confirmed', run_id}
+  if agent_state then append(fields, {'agent_state', agent_state}) end
   if #tools > 0 then
     local kept = redis.call('HGET', K_RUNS, run_id .. ':t')
     local all = kept and cjson.decode(kept) or {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from app.agents import AgentRegistry, AgentRequest, RunContext, RunEvent, Turn
 from app.errors import AgentFailedError, SubscriptionFailureError, SubscriptionsExhaustedError
@@ -36,6 +36,10 @@ class Progress(Protocol):
 
     def add(self, item: str | RunEvent) -> None:
         """Reply text, or a structured event; raises AgentFailedError past the run's bounds."""
+        ...
+
+    async def agent_state(self) -> dict[str, Any]:
+        """The session's agent state as the run starts."""
         ...
 
 
@@ -112,6 +116,7 @@ class AgentCalls:
             text=run.input,
             metadata=run.metadata,
             history=history,
+            state=progress.agent_state,
             subscription=self._agents.credentials(subscription) if subscription else None,
             run=RunContext(
                 tenant=run.tenant,
