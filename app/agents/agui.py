@@ -49,13 +49,13 @@ from app.agents.config import AgentConfig
 from app.agents.upstream import (
     Retryable,
     error_text,
-    no_cookies,
     read_capped,
     redact,
     retrying,
     short,
     sse_data,
     transport_failure,
+    upstream_client,
     with_status,
 )
 from app.errors import AgentFailedError, SubscriptionFailureError
@@ -98,12 +98,7 @@ class AGUIAgent:
         self._what = f"ag-ui agent {config.id!r}"
         self._max_retries = max_retries
         self._backoff_base = backoff_base
-        timeout = httpx.Timeout(
-            connect=connect_timeout, read=read_timeout, write=connect_timeout, pool=connect_timeout
-        )
-        self._client = httpx.AsyncClient(
-            timeout=timeout, transport=transport, cookies=no_cookies(), headers=config.headers
-        )
+        self._client = upstream_client(connect_timeout, read_timeout, transport, config.headers)
 
     async def stream(self, request: AgentRequest) -> AsyncIterator[str | RunEvent]:
         streamed = False

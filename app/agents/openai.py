@@ -27,12 +27,12 @@ from app.agents.config import AgentConfig
 from app.agents.upstream import (
     Retryable,
     error_text,
-    no_cookies,
     read_capped,
     redact,
     retrying,
     sse_data,
     transport_failure,
+    upstream_client,
     with_status,
 )
 from app.errors import AgentFailedError, SubscriptionFailureError
@@ -67,12 +67,9 @@ class OpenAIAgent:
         if not config.model:
             raise ValueError(f"openai agent {config.id!r} needs a model")
         self._config = config
-        timeout = httpx.Timeout(
-            connect=connect_timeout, read=read_timeout, write=connect_timeout, pool=connect_timeout
-        )
         self._max_retries = max_retries
         self._backoff_base = backoff_base
-        self._client = httpx.AsyncClient(timeout=timeout, transport=transport, cookies=no_cookies())
+        self._client = upstream_client(connect_timeout, read_timeout, transport)
 
     async def stream(self, request: AgentRequest) -> AsyncIterator[str]:
         target = self._target(request.subscription)

@@ -13,7 +13,7 @@ import contextlib
 import http.cookiejar
 import logging
 import random
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, TypeVar, cast
 
 import httpx
@@ -80,6 +80,22 @@ def no_cookies() -> http.cookiejar.CookieJar:
     """A cookie jar that keeps nothing: an upstream cookie set for one subscription's account
     must not be sent with another's requests through the shared client."""
     return http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+
+def upstream_client(
+    connect_timeout: float,
+    read_timeout: float,
+    transport: httpx.AsyncBaseTransport | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> httpx.AsyncClient:
+    """An agent's one HTTP client: every subscription's requests share it (the key goes on
+    each request), so it keeps no cookies."""
+    timeout = httpx.Timeout(
+        connect=connect_timeout, read=read_timeout, write=connect_timeout, pool=connect_timeout
+    )
+    return httpx.AsyncClient(
+        timeout=timeout, transport=transport, cookies=no_cookies(), headers=headers
+    )
 
 
 async def sse_data(reply: httpx.Response) -> AsyncGenerator[str, None]:

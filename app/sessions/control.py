@@ -55,6 +55,14 @@ local function end_active(error, now, reason)
   end
   return nil
 end
+
+-- End every run of the session: the queued ones, then the active one.
+local function end_all(error, now, reason)
+  local ended = cancel_queue(error, now, reason)
+  local active = end_active(error, now, reason)
+  if active then table.insert(ended, active) end
+  return ended
+end
 """
 
 # KEYS: SessionKeys.all, then KEYS[10] this request's reply key
@@ -119,9 +127,7 @@ local function main()
   if prior then return cjson.decode(prior) end
   if redis.call('EXISTS', K_STATE) == 0 then return {NOT_FOUND} end
   local now = now_us()
-  local cancelled = cancel_queue('session reset', now, 'reset')
-  local active = end_active('session reset', now, 'reset')
-  if active then table.insert(cancelled, active) end
+  local cancelled = end_all('session reset', now, 'reset')
   redis.call('DEL', K_LEASE, K_TRANSCRIPT)
   redis.call('HINCRBY', K_STATE, 'fence', 1)
   local generation = redis.call('HINCRBY', K_STATE, 'generation', 1)
@@ -148,9 +154,7 @@ local function main()
   if prior then return cjson.decode(prior) end
   if redis.call('EXISTS', K_STATE) == 0 then return {NOT_FOUND} end
   local now = now_us()
-  local cancelled = cancel_queue('session deleted', now, 'deleted')
-  local active = end_active('session deleted', now, 'deleted')
-  if active then table.insert(cancelled, active) end
+  local cancelled = end_all('session deleted', now, 'deleted')
   redis.call('DEL', K_LEASE, K_STATE, K_QUEUE, K_RUNS, K_ORDER, K_TRANSCRIPT, K_EVENTS,
              K_OUTBOX, K_OUTBOX_DUE)
   last_event = nil  -- nothing to announce on a stream that is gone
