@@ -169,6 +169,10 @@ class SubscriptionsExhaustedError(AgentFailedError):
         self.retry_in = retry_in
 
 
+class RunExpiredError(LeasegateError):
+    """A run that had not started by its start deadline (`start_within_seconds`)."""
+
+
 class AgentsConfigError(LeasegateError):
     """The agents file is not valid; the message says where."""
 

@@ -14,10 +14,11 @@ this holder stale: it stops the run and leaves the session alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from app import logs
@@ -26,6 +27,7 @@ from app.errors import (
     LeaseLostError,
     LeaseNotOwnedError,
     RedisUnavailableError,
+    RunExpiredError,
 )
 from app.locks import Lease
 from app.metrics import Metrics
@@ -61,6 +63,18 @@ class AgentCalls(Protocol):
     async def run(self, run: Run, history: History, progress: ActiveRun) -> None: ...
 
 
+class StartGate(Protocol):
+    """Something a run must pass before its agent starts: a capacity slot, an agent's
+    reload gate. `admit` waits (the run's stop, cancel or timeout end the wait) until the
+    run may start and stays entered for the run's whole length; raising `RunExpiredError`
+    ends the run `expired`. Gates are entered in one fixed order (`HolderDeps.gates`), so
+    no two runs can each hold what the other waits for."""
+
+    def admit(
+        self, run: Run, progress: ActiveRun
+    ) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+
 @dataclass(slots=True)
 class HolderDeps:
     """What every holder of a worker shares."""
@@ -77,6 +91,7 @@ class HolderDeps:
     early_stop: Callable[[str], str | None]
     """The stop signal that reached this worker before the run it names started here."""
     closing: Callable[[], bool]
+    gates: list[StartGate] = field(default_factory=list)
 
 
 async def hold(deps: HolderDeps, session: SessionRef, hold: StartedHold) -> None:
@@ -143,13 +158,12 @@ async def _execute(
     deps.active[run.run_id] = active
     current[:] = [active]
     history = functools.partial(deps.reads.history, session)
-    active.task = asyncio.create_task(deps.calls.run(run, history, active))
+    active.task = asyncio.create_task(_run_agent(deps, held, run, history, active))
     early = deps.early_stop(run.run_id)
     if held.lost is not None:
         active.stop("lost")
     elif early is not None or deps.closing():
         active.stop(early or "interrupted:shutdown")
-    deps.renewals.confirm(held, run.run_id)
     deadline = None
     if run.timeout_seconds is not None:
         deadline = loop.call_later(run.timeout_seconds, active.stop, "timed_out:timeout")
@@ -176,6 +190,19 @@ async def _execute(
     return outcome
 
 
+async def _run_agent(
+    deps: HolderDeps, held: Held, run: Run, history: History, active: ActiveRun
+) -> None:
+    """Pass the run's start gates, then run its agent; the start is confirmed (a holder
+    that dies after it ends the run `lost` rather than starting it again) only once every
+    gate let the run through."""
+    async with contextlib.AsyncExitStack() as gates:
+        for gate in deps.gates:
+            await gates.enter_async_context(gate.admit(run, active))
+        deps.renewals.confirm(held, run.run_id)
+        await deps.calls.run(run, history, active)
+
+
 def _stopped_as(active: ActiveRun) -> str:
     """The status a stop asked for: stop reasons are "<status>:<who>" (cancelled:stop,
     interrupted:interrupted_by:<run>, timed_out:timeout, reset:deleted), or "lost"."""
@@ -191,6 +218,8 @@ def _outcome(active: ActiveRun) -> Finished:
         why = (active.stop_reason or "").partition(":")[2]
         return Finished(status, output, f"run {status.value}", subscription, reason=why)
     error = active.task.exception()
+    if isinstance(error, RunExpiredError):
+        return Finished(RunStatus.EXPIRED, output, str(error), subscription, reason="expired")
     if error is not None:
         log.warning("run %s failed: %s", active.run.run_id, error)
         return Finished(RunStatus.FAILED, output, str(error) or type(error).__name__, subscription)

@@ -19,6 +19,8 @@ class RunStatus(StrEnum):
     LOST = "lost"
     SUPERSEDED = "superseded"
     ROLLED_BACK = "rolled_back"
+    EXPIRED = "expired"
+    """Not started within the run's `start_within_seconds`."""
 
     @property
     def terminal(self) -> bool:
