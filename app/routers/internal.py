@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.deps import InternalDep, SessionCall
 from app.errors import IdempotencyConflictError, MetadataTooLargeError, RunNotFoundError
 from app.executions import Execution
-from app.routers.schemas import MetadataField
+from app.routers.schemas import MAX_START_WITHIN, MetadataField
 from app.routers.sessions import wait_for_end
 from app.sessions.admission import MAX_METADATA_BYTES
 from app.sessions.ids import locate_run
@@ -41,6 +41,8 @@ class TaskIn(BaseModel):
     busy_policy: BusyPolicy = BusyPolicy.REJECT
     metadata: MetadataField = Field(default_factory=dict)
     webhook: str | None = Field(default=None, min_length=1, max_length=2000)
+    priority: int = Field(default=5, ge=0, le=9)
+    start_within_seconds: float | None = Field(default=None, gt=0, le=MAX_START_WITHIN)
 
     def fingerprint(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -86,6 +88,8 @@ async def execute_task(
             idempotency_key=claimed.run_idempotency_key,
             timeout_seconds=task.timeout_seconds or resources.settings.task_timeout_seconds,
             webhook=webhook,
+            priority=task.priority,
+            start_within_seconds=task.start_within_seconds,
         ),
     )
     admission = submitted.admission

@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.sessions.models import BusyPolicy
 
+MAX_START_WITHIN = 7 * 24 * 3600.0
+
 MetadataField = dict[str, Any]
 """Free JSON for the agent; its size is checked where it is serialised, at admission."""
 
@@ -22,6 +24,10 @@ class MessageIn(BaseModel):
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     webhook: str | None = Field(
         default=None, min_length=1, max_length=2000, description="POSTed when the run ends."
+    )
+    priority: int = Field(default=5, ge=0, le=9, description="Higher first for capacity.")
+    start_within_seconds: float | None = Field(
+        default=None, gt=0, le=MAX_START_WITHIN, description="Not started by then: `expired`."
     )
 
 

@@ -61,6 +61,8 @@ async def post_message(
         metadata=body.metadata,
         idempotency_key=body.idempotency_key or idempotency_key,
         webhook=webhook_for(resources.settings, body.webhook),
+        priority=body.priority,
+        start_within_seconds=body.start_within_seconds,
     )
     submitted = await resources.sessions.submit(session, new)
     admission = submitted.admission

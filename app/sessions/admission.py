@@ -37,7 +37,8 @@ MAX_METADATA_BYTES = 8 * 1024
 #   none), ARGV[5] worker, ARGV[6] the run's record: what was asked (JSON), ARGV[7] '1' to
 #   resolve an admission whose reply never came: answer as it did if it ran, else make sure
 #   it never will (a tombstone under its run id) and answer {ABORTED}, ARGV[8] the URL
-#   owed a completion webhook ('' for none)
+#   owed a completion webhook ('' for none), ARGV[9] how long the run may wait to start,
+#   in ms ('' for as long as it takes: past it, a queued run ends `expired`)
 # Returns, to the first call and to any re-send of it (same run id and token):
 #   {STARTED, position, first run's two fields}: the caller holds the lease and must run
 #     `first` (the new run, or the head of a queue a lost holder left behind);
@@ -111,6 +112,9 @@ local function main()
   local run = {status = 'queued', created_at = now, generation = generation, attempt = '1',
                policy = policy}
   if ARGV[8] ~= '' then run.webhook = ARGV[8] end
+  if ARGV[9] ~= '' then
+    run.start_by = string.format('%.0f', tonumber(now) + tonumber(ARGV[9]) * 1000)
+  end
   if digest ~= '' then
     run.idem = digest
     redis.call('HSET', K_RUNS, run_id, ARGV[6], 'idem:' .. digest, run_id)
@@ -130,11 +134,13 @@ local function main()
       end
       save_run(run_id, run)
       retain()
+      note_start_by(run)
       redis.call('LPUSH', K_QUEUE, run_id)
       return queued_answer(1, active, run)
     end
     save_run(run_id, run)
     retain()
+    note_start_by(run)
     return queued_answer(redis.call('RPUSH', K_QUEUE, run_id), active, run)
   end
   -- Granted: this worker holds the session now. A run still marked running belonged to
@@ -153,6 +159,7 @@ local function main()
   redis.call('HSET', K_STATE, unpack(holding))
   run.disposition = 'queued'
   save_run(run_id, run)
+  note_start_by(run)
   local position = redis.call('RPUSH', K_QUEUE, run_id) - 1
   local first_id, first = pop_next(now, holder, stop_pending)
   retain()
@@ -194,6 +201,9 @@ class Admissions:
         metadata = json.dumps(new.metadata, separators=(",", ":"))  # the one serialisation
         if len(metadata) > MAX_METADATA_BYTES:  # ASCII: characters are bytes
             raise MetadataTooLargeError(len(metadata), MAX_METADATA_BYTES)
+        start_within_ms = (
+            max(1, round(new.start_within_seconds * 1000)) if new.start_within_seconds else ""
+        )
         asked = {
             "run_id": run_id,
             "tenant": session.tenant,
@@ -203,6 +213,8 @@ class Admissions:
             "busy_policy": new.busy_policy.value if new.busy_policy else "",
             "idempotency_key": new.idempotency_key or "",
             "timeout_ms": round(new.timeout_seconds * 1000) if new.timeout_seconds else "",
+            "priority": new.priority,
+            "start_within_ms": start_within_ms,
         }
         digest = _digest(new.idempotency_key) if new.idempotency_key else ""
         record = f'{json.dumps(asked)[:-1]},"metadata":{metadata}}}'
@@ -215,6 +227,7 @@ class Admissions:
             record,
             "1" if resolve else "0",
             new.webhook or "",
+            start_within_ms,
         ]
         sent = asyncio.get_running_loop().time()
         reply = await self._indexed(session, session.keys.all, args, webhook=bool(new.webhook))

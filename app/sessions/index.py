@@ -25,6 +25,8 @@ from app.sessions.ref import SessionRef
 
 # KEYS: SessionKeys.all
 # ARGV[1] token, ARGV[2] worker
+# A queued run past its start deadline ends `expired` here too (a holder may be busy for
+# long with the run before it).
 # Returns {BUSY} while a holder has the lease; {IDLE} with nothing to do;
 #   {STARTED, 0, first run's two fields} when the caller now holds the session (also to a
 #   re-send of a call that took it: the lease holds this call's token).
@@ -35,7 +37,10 @@ local function main()
     local active = redis.call('HGET', K_STATE, 'active_run') or ''
     if active ~= '' then return append({STARTED, 0}, flat(active, load_run(active))) end
   end
-  if holder then return {BUSY} end
+  if holder then
+    expire_queue(now_us())
+    return {BUSY}
+  end
   local active = redis.call('HGET', K_STATE, 'active_run') or ''
   if active == '' and redis.call('LLEN', K_QUEUE) == 0 then return {IDLE} end
   redis.call('SET', K_LEASE, ARGV[1], 'PX', LEASE_TTL_MS)

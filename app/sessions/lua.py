@@ -201,7 +201,47 @@ local function start(run_id, run, now, holder, extra, stop_pending)
   return run_id, run
 end
 
--- Start the next queued run, or note that none is left.
+local EXPIRED = 'not started within its start_within_seconds'
+
+local function past(start_by, now)
+  return start_by ~= nil and start_by ~= '' and tonumber(start_by) <= tonumber(now)
+end
+
+-- A queued run with a start deadline: the state's `start_by_due` is the earliest deadline
+-- of the queue, so looking for expired runs costs nothing until one may have passed.
+local function note_start_by(run)
+  if not run.start_by then return end
+  local due = redis.call('HGET', K_STATE, 'start_by_due')
+  if not due or tonumber(run.start_by) < tonumber(due) then
+    redis.call('HSET', K_STATE, 'start_by_due', run.start_by)
+  end
+end
+
+-- End `expired` every queued run whose start deadline has passed (when one may have).
+local function expire_queue(now)
+  local due = redis.call('HGET', K_STATE, 'start_by_due')
+  if not due or tonumber(due) > tonumber(now) then return end
+  local earliest = nil
+  for _, id in ipairs(redis.call('LRANGE', K_QUEUE, 0, -1)) do
+    local run = load_run(id)
+    if run and run.status == 'queued' and run.start_by then
+      if past(run.start_by, now) then
+        redis.call('LREM', K_QUEUE, 0, id)
+        finish_run(id, 'expired', EXPIRED, now, 'expired')
+      elseif not earliest or tonumber(run.start_by) < tonumber(earliest) then
+        earliest = run.start_by
+      end
+    end
+  end
+  if earliest then
+    redis.call('HSET', K_STATE, 'start_by_due', earliest)
+  else
+    redis.call('HDEL', K_STATE, 'start_by_due')
+  end
+end
+
+-- Start the next queued run, or note that none is left; a run past its start deadline
+-- ends `expired` instead of starting.
 local function pop_next(now, holder, stop_pending)
   while true do
     local run_id = redis.call('LPOP', K_QUEUE)
@@ -211,7 +251,10 @@ local function pop_next(now, holder, stop_pending)
     end
     local run = load_run(run_id)
     if run and run.status == 'queued' then
-      return start(run_id, run, now, holder, nil, stop_pending)
+      if not past(run.start_by, now) then
+        return start(run_id, run, now, holder, nil, stop_pending)
+      end
+      finish_run(run_id, 'expired', EXPIRED, now, 'expired')
     end
   end
 end
@@ -256,6 +299,7 @@ local function settle_orphan(now, active)
     if (not confirmed and attempt < MAX_ATTEMPTS) or (RETRY_LOST and attempt < 2) then
       run.status, run.attempt, run.started_at, run.fence, run.worker =
         'queued', tostring(attempt + 1), '', '', ''
+      run.start_by = nil  -- it started in time; its start is only being made again
       save_run(active, run)
       redis.call('LPUSH', K_QUEUE, active)
     else

@@ -48,6 +48,10 @@ class NewRun:
     timeout_seconds: float | None = None
     webhook: str | None = None
     """Where to POST the run once it has ended (a completion webhook)."""
+    priority: int = 5
+    """0-9, higher first where runs wait for the same capacity."""
+    start_within_seconds: float | None = None
+    """A run not started this long after its admission ends `expired`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,10 @@ class Run:
     """Who ended it, when it did not end by itself: api, stop, reset, deleted, timeout,
     shutdown, client_disconnected, interrupted_by:<run id>."""
     busy_policy: str | None = None
+    priority: int = 5
+    start_by: int | None = None
+    """When a run not started yet ends `expired` (microseconds on Redis' clock: created_at
+    + start_within_seconds); None: it may wait as long as it takes."""
 
     @classmethod
     def from_record(cls, fields: dict[str, Any]) -> Run:
@@ -116,6 +124,8 @@ class Run:
             superseded_run_ids=list(fields.get("superseded") or []),
             reason=fields.get("reason") or None,
             busy_policy=fields.get("policy") or fields.get("busy_policy") or None,
+            priority=int(fields["priority"]) if fields.get("priority") not in (None, "") else 5,
+            start_by=number("start_by"),
         )
 
     def public(self) -> dict[str, Any]:
@@ -143,6 +153,8 @@ class Run:
             "superseded_run_ids": self.superseded_run_ids,
             "reason": self.reason,
             "attempt": self.attempt,
+            "priority": self.priority,
+            "start_by": _iso(self.start_by),
         }
 
 
