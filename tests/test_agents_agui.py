@@ -20,7 +20,7 @@ from app.agents.agui import AGUIAgent
 from app.agents.base import RunContext, Subscription
 from app.agents.config import AgentConfig, load_agents_file
 from app.errors import AgentFailedError, AgentsConfigError, SubscriptionFailureError
-from app.redis.server import RedisServer, free_port
+from app.redis.server import free_port
 from app.sessions.ref import SessionRef
 from tests.support.agui_agent import REFUSED_KEY, AGUIAgentProcess, running_agui_agent
 from tests.support.api import app_client, events, post, wait_all_terminal, wait_status
@@ -35,6 +35,7 @@ from tests.support.servers import (
     uvicorn_command,
 )
 from tests.support.settings import make_settings
+from tests.support.targets import RedisTarget
 from tests.support.waiting import wait_until
 
 KEYS = {"KEY_A": REFUSED_KEY, "KEY_B": "key-of-b"}
@@ -43,7 +44,11 @@ STOP_REACHES_AGENT = 1.0
 
 
 @pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AGUIAgentProcess]:
+def agent(
+    redis_target: RedisTarget, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AGUIAgentProcess]:
+    """The agent process, one per Redis topology: every test that runs an agent through
+    leasegate runs on one server and on the cluster, and reads the agent's own records."""
     with running_agui_agent(tmp_path_factory.mktemp("agui") / "agent.log") as running:
         yield running
 
@@ -74,9 +79,9 @@ async def ask(api: httpx.AsyncClient, session: str, text: str) -> dict[str, Any]
 
 
 @pytest.fixture
-async def redis_url(redis: Redis, redis_server: RedisServer) -> str:
-    """The suite's Redis, emptied for this test."""
-    return redis_server.url
+async def redis_url(target_redis: Redis, redis_target: RedisTarget) -> str:
+    """The topology's Redis (one server or the cluster), emptied for this test."""
+    return redis_target.url
 
 
 async def test_a_run_of_an_agent_that_calls_a_tool_completes_with_its_reply(
@@ -208,13 +213,14 @@ async def test_headers_from_headers_env_reach_the_agent(
 
 
 @pytest.mark.multiprocess
-async def test_twenty_concurrent_messages_never_give_the_agent_two_runs_of_a_session(
-    agent: AGUIAgentProcess, redis_server: RedisServer, tmp_path: Path
+async def test_fifty_concurrent_messages_never_give_the_agent_two_runs_of_a_session(
+    agent: AGUIAgentProcess, redis_url: str, tmp_path: Path
 ) -> None:
+    """50 messages to one session from 50 clients, through a 4-worker server."""
     path = tmp_path / "agents.toml"
     path.write_text(agents_toml(agent.url("/echo")))
     env = base_env(
-        LEASEGATE_REDIS_URL=redis_server.url,
+        LEASEGATE_REDIS_URL=redis_url,
         LEASEGATE_AGENTS_FILE=str(path),
         LEASEGATE_API_KEYS=json.dumps(API_KEYS),
         LEASEGATE_LOG_LEVEL="WARNING",
@@ -223,16 +229,21 @@ async def test_twenty_concurrent_messages_never_give_the_agent_two_runs_of_a_ses
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     session = new_session()
-    with server_process(uvicorn_command(port, 3), env, tmp_path / "server.log", url):
+    with server_process(uvicorn_command(port, 4), env, tmp_path / "server.log", url):
         await asyncio.gather(
-            *(post(url, session, f"m{i}", agent_id="agui", expect=202) for i in range(20))
+            *(post(url, session, f"m{i}", agent_id="agui", expect=202) for i in range(50))
         )
-        runs = await wait_all_terminal(url, session, 20, timeout=60)
+        runs = await wait_all_terminal(url, session, 50, timeout=90)
     assert {r["status"] for r in runs} == {"completed"}
-    assert sorted(r["output"] for r in runs) == sorted(f"echo: m{i}" for i in range(20))
+    assert sorted(r["output"] for r in runs) == sorted(f"echo: m{i}" for i in range(50))
     assert run_violations(runs) == []
     requests = await agent.records(session)
-    assert len(requests) == 20
+    assert len(requests) == 50
+    # each run received the whole conversation before it, in admission order
+    outputs = [r["output"] for r in sorted(runs, key=lambda r: r["started_at"])]
+    for i, request in enumerate(requests):
+        said = [text for role, text in request["messages"] if role == "assistant"]
+        assert said == outputs[:i]
     assert await agent.most_in_flight(session) == 1
     fences = [int(r["fence"]) for r in requests]
     assert fences == sorted(set(fences))
@@ -499,7 +510,7 @@ def test_an_ag_ui_agent_needs_a_url(tmp_path: Path) -> None:
 
 
 async def test_tool_calls_reach_the_event_stream_the_transcript_and_the_next_run(
-    agent: AGUIAgentProcess, redis: Redis, redis_url: str, tmp_path: Path
+    agent: AGUIAgentProcess, target_redis: Redis, redis_url: str, tmp_path: Path
 ) -> None:
     toml = agents_toml(agent.url("/tool")) + (
         f"\n[[agents]]\nid='echoer'\nbackend='ag-ui'\nurl='{agent.url('/echo')}'\n"
@@ -508,7 +519,7 @@ async def test_tool_calls_reach_the_event_stream_the_transcript_and_the_next_run
         first = await ask(api, "tools-2", "weather")
         stream = cast(
             list[tuple[bytes, dict[bytes, bytes]]],
-            await redis.xrange(SessionRef.of("default", "tools-2").keys.events),
+            await target_redis.xrange(SessionRef.of("default", "tools-2").keys.events),
         )
         kinds = [f[b"type"].decode() for _, f in stream if f[b"run_id"].decode() == first["run_id"]]
         assert [k for k in kinds if k.startswith("tool_call")] == [
