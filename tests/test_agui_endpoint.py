@@ -26,12 +26,12 @@ from pydantic import TypeAdapter
 from redis.asyncio import Redis
 
 from app.agui.translate import RunTranslator
-from app.redis.server import RedisServer
 from app.routers import agui
 from app.sessions.models import Run, RunStatus
 from app.sessions.ref import SessionRef
 from tests.support.api import AppClient, all_runs, app_client, run_of, session_state, wait_status
 from tests.support.servers import Servers, client
+from tests.support.targets import RedisTarget
 from tests.support.waiting import wait_until, written_keys
 
 EVENTS: TypeAdapter[BaseEvent] = TypeAdapter(Event)
@@ -106,8 +106,9 @@ def thread_id() -> str:
 
 
 @pytest.fixture
-async def api(redis: Redis, redis_server: RedisServer) -> AsyncIterator[AppClient]:
-    async with app_client(redis_server.url) as client:
+async def api(target_redis: Redis, redis_target: RedisTarget) -> AsyncIterator[AppClient]:
+    """An app on each Redis topology in turn: one server, then the cluster."""
+    async with app_client(redis_target.url) as client:
         yield client
 
 
@@ -214,8 +215,8 @@ async def test_a_queued_stream_is_kept_alive_until_its_run_starts(
     assert reply(parse((await slow).text)) == "echo: slow"
 
 
-async def test_a_full_queue_answers_429(redis: Redis, redis_server: RedisServer) -> None:
-    async with app_client(redis_server.url, queue_cap=1) as api:
+async def test_a_full_queue_answers_429(target_redis: Redis, redis_target: RedisTarget) -> None:
+    async with app_client(redis_target.url, queue_cap=1) as api:
         thread = thread_id()
         slow = asyncio.create_task(
             api.post(ECHO, json=run_input(thread, "a", metadata={"delay_ms": 300}))
@@ -248,21 +249,23 @@ async def test_a_full_queue_answers_429(redis: Redis, redis_server: RedisServer)
     ],
 )
 async def test_bad_input_is_a_422_problem_and_admits_nothing(
-    api: AppClient, redis: Redis, path: str, body: dict[str, Any], slug: str | None
+    api: AppClient, target_redis: Redis, path: str, body: dict[str, Any], slug: str | None
 ) -> None:
     response = await api.post(path, json=body)
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["type"] == f"/problems/{slug or 'invalid-agent-input'}"
-    assert await written_keys(redis) == []
+    assert await written_keys(target_redis) == []
 
 
-async def test_idempotency_keys_that_differ_are_a_conflict(api: AppClient, redis: Redis) -> None:
+async def test_idempotency_keys_that_differ_are_a_conflict(
+    api: AppClient, target_redis: Redis
+) -> None:
     body = run_input("agui-keys", "x", idempotency_key="k-1")
     response = await api.post(ECHO, json=body, headers={"Idempotency-Key": "k-2"})
     assert response.status_code == 409
     assert response.json()["type"] == "/problems/idempotency-conflict"
-    assert await written_keys(redis) == []
+    assert await written_keys(target_redis) == []
 
 
 # --- the translation on its own ---------------------------------------------------------
