@@ -11,9 +11,9 @@ from redis.asyncio import Redis
 
 from app.agents import AgentRegistry, AgentRequest, RunEvent
 from app.errors import AgentsConfigError
-from app.redis.server import RedisServer
 from tests.support.api import app_client, post, wait_status
 from tests.support.settings import make_settings
+from tests.support.targets import RedisTarget
 from tests.support.waiting import wait_until
 
 HERE = "tests.test_agents_python"
@@ -84,11 +84,11 @@ def registry(tmp_path: Path, entrypoint: str) -> AgentRegistry:
 
 
 async def test_a_python_agent_runs_with_the_run_and_the_session_history(
-    redis: Redis, redis_server: RedisServer, tmp_path: Path
+    target_redis: Redis, redis_target: RedisTarget, tmp_path: Path
 ) -> None:
     SEEN.clear()
     agents = registry(tmp_path, f"{HERE}:ReverseAgent")
-    async with app_client(redis_server.url, agents=agents) as api:
+    async with app_client(redis_target.url, agents=agents) as api:
         first = (await post(api, "py-1", "abc", agent_id="mine", wait=10, expect=200)).json()
         second = (await post(api, "py-1", "xyz", agent_id="mine", wait=10, expect=200)).json()
     assert (first["status"], first["output"]) == ("completed", "[0] cba")
@@ -100,11 +100,11 @@ async def test_a_python_agent_runs_with_the_run_and_the_session_history(
 
 
 async def test_a_stopped_python_agent_sees_its_cancellation(
-    redis: Redis, redis_server: RedisServer, tmp_path: Path
+    target_redis: Redis, redis_target: RedisTarget, tmp_path: Path
 ) -> None:
     CANCELLED.clear()
     agents = registry(tmp_path, f"{HERE}:WAITING")
-    async with app_client(redis_server.url, agents=agents) as api:
+    async with app_client(redis_target.url, agents=agents) as api:
         run_id = (await post(api, "py-2", "go", agent_id="mine", expect=202)).json()["run_id"]
         await wait_status(api, run_id, "running")
         assert (await api.post("/v1/sessions/py-2/stop")).status_code == 200
@@ -165,11 +165,11 @@ class CountingAgent:
 
 
 async def test_the_agent_state_is_kept_between_runs_with_its_patches_applied(
-    redis: Redis, redis_server: RedisServer, tmp_path: Path
+    target_redis: Redis, redis_target: RedisTarget, tmp_path: Path
 ) -> None:
     STATES.clear()
     agents = registry(tmp_path, f"{HERE}:CountingAgent")
-    async with app_client(redis_server.url, agents=agents) as api:
+    async with app_client(redis_target.url, agents=agents) as api:
         for text in ("one", "two", "three"):
             run = (await post(api, "py-state", text, agent_id="mine", wait=10, expect=200)).json()
             assert run["status"] == "completed"
