@@ -173,6 +173,15 @@ class RunExpiredError(LeasegateError):
     """A run that had not started by its start deadline (`start_within_seconds`)."""
 
 
+class CapacitySlotLostError(AgentFailedError):
+    """A running run lost one of its capacity slots (it expired: Redis unreachable for
+    longer than the slot TTL, or the worker stalled); the run is stopped and fails."""
+
+    def __init__(self, resource: str, detail: str) -> None:
+        super().__init__(f"capacity slot of {resource} lost while the run ran: {detail}")
+        self.resource = resource
+
+
 class AgentsConfigError(LeasegateError):
     """The agents file is not valid; the message says where."""
 

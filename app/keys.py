@@ -155,6 +155,65 @@ def session_keys(tenant: str, session_id: str) -> SessionKeys:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class SlotKeys:
+    """The keys of one capped resource's counting semaphore (`app/locks/slots.py`), all in
+    one hash slot, so one script can declare every key it touches (`all`).
+
+    - `holders`: sorted set of holders' tokens, score the hold's expiry (ms, Redis clock);
+    - `info`: hash token -> JSON of the hold (run, tenant, worker, since, fence);
+    - `waiters`: sorted set of waiting tokens, score the waiter's expiry (ms);
+    - `queue`: hash token -> JSON of the waiter (run, tenant, priority, seq, worker, since);
+    - `fence`: counter bumped on every grant, never expires;
+    - `seq`: counter giving waiters their arrival order;
+    - `released`: sorted set of recently released tokens (score: when, ms), so a re-sent
+      release answers as the first did;
+    - `wake`: prefix of the pub/sub channel a waiter is woken on (`wake + token`).
+    """
+
+    resource: str
+    holders: str
+    info: str
+    waiters: str
+    queue: str
+    fence: str
+    seq: str
+    released: str
+    wake: str
+
+    @property
+    def all(self) -> list[str]:
+        return [
+            self.holders,
+            self.info,
+            self.waiters,
+            self.queue,
+            self.fence,
+            self.seq,
+            self.released,
+        ]
+
+
+def slot_keys(resource: str) -> SlotKeys:
+    """Keys of capped resource `resource`: `fleet`, `t:<tenant>`, `a:<agent>`, `sub:<id>`."""
+    prefix = f"{NAMESPACE}:{{c:{checked(resource)}}}:"
+    return SlotKeys(
+        resource=resource,
+        holders=f"{prefix}holders",
+        info=f"{prefix}info",
+        waiters=f"{prefix}waiters",
+        queue=f"{prefix}queue",
+        fence=f"{prefix}fence",
+        seq=f"{prefix}seq",
+        released=f"{prefix}released",
+        wake=f"{prefix}wake:",
+    )
+
+
+CAPACITY_TENANTS = f"{NAMESPACE}:capacity:tenants"
+"""Set of the tenants whose runs took a tenant slot, for GET /internal/capacity."""
+
+
 def execution_key(execution_id: str) -> str:
     """A scheduled execution's record: which session and run it became, and its fingerprint."""
     return f"{NAMESPACE}:{{x:{checked(execution_id)}}}:execution"

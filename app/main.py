@@ -17,7 +17,7 @@ from app.metrics import Metrics
 from app.middleware import RequestIdMiddleware
 from app.resources import Resources
 from app.routers import agents as agents_router
-from app.routers import agui, events, health, internal, runs, sessions
+from app.routers import agui, capacity, events, health, internal, runs, sessions
 from app.routers import metrics as metrics_router
 from app.settings import Settings
 
@@ -64,6 +64,7 @@ def create_app(
     app.include_router(events.router)
     app.include_router(runs.router)
     app.include_router(internal.router)
+    app.include_router(capacity.router)
     app.include_router(agents_router.router)
     app.include_router(agui.router)
     return app

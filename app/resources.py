@@ -13,11 +13,14 @@ from app.agents import AgentRegistry
 from app.auth import ApiKeys, InternalSecret
 from app.executions import ExecutionStore
 from app.keys import CONTROL_CHANNEL, WAKE_CHANNEL
+from app.capacity import CapacityGate, Caps
 from app.locks import LeaseManager, LeaseScripts
 from app.metrics import Metrics
 from app.redis import create_redis
 from app.redis.pubsub import PubSubHub
 from app.sessions.admission import Admissions
+from app.locks.slot_scripts import SlotScripts
+from app.locks.slots import SlotManager
 from app.sessions.control import Control
 from app.sessions.holder import HolderDeps
 from app.sessions.index import SessionIndex
@@ -70,6 +73,7 @@ class Resources:
     async def open(cls, settings: Settings, metrics: Metrics, agents: AgentRegistry) -> Resources:
         redis = create_redis(settings)
         worker = f"{socket.gethostname()}:{os.getpid()}"
+    capacity: CapacityGate
         lease_scripts = LeaseScripts.register(redis)
         hub = PubSubHub(redis)
         leases = LeaseManager(
@@ -115,13 +119,23 @@ class Resources:
         deps = HolderDeps(
             writes=writes,
             renewals=renewals,
-            calls=AgentCalls(agents, subscriptions),
+            calls=AgentCalls(agents, subscriptions, capacity),
             reads=reads,
             control=control,
             waiters=Waiters(reads, hub),
             metrics=metrics,
             lease_ttl=settings.lease_ttl_seconds,
             active={},
+        slots = SlotManager(
+            redis,
+            SlotScripts.register(redis),
+            hub,
+            ttl=settings.lease_ttl_seconds,
+            heartbeat_interval=settings.heartbeat_interval,
+        )
+        capacity = CapacityGate(
+            redis, slots, Caps.from_config(settings, agents.config), metrics, worker=worker
+        )
             early_stop=lambda _: None,
             closing=lambda: False,
         )
@@ -134,6 +148,7 @@ class Resources:
             leases,
             metrics,
             interval=settings.sweep_interval_seconds,
+            gates=[capacity],  # entered in this order
             idle_grace=2 * settings.lease_ttl_seconds,
         )
         outbox = Outbox(redis, limits)
@@ -183,6 +198,7 @@ class Resources:
             subscriptions=subscriptions,
             webhook=webhook,
             executions=ExecutionStore(redis, retention_seconds=settings.run_retention_seconds),
+            *capacity.scripts,
             api_keys=ApiKeys(settings.api_keys),
             internal_secret=InternalSecret(secret.get_secret_value() if secret else None),
             metrics=metrics,
@@ -202,6 +218,7 @@ class Resources:
         await self.sessions.close(self.settings.shutdown_grace_seconds)
         await self.renewals.close()
         if self.webhook is not None:
+            capacity=capacity,
             await self.webhook.aclose()
         await self.agents.aclose()
         await self.hub.close()

@@ -97,6 +97,15 @@ class Settings(BaseSettings):
     upstream_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     upstream_read_timeout_seconds: float = Field(default=60.0, gt=0)
     upstream_max_retries: int = Field(default=2, ge=0, le=10)
+    max_concurrent_runs: int | None = Field(
+        default=None, ge=1, description="Runs of the whole fleet at once; unset: no cap."
+    )
+    tenant_max_concurrent_runs: int | None = Field(
+        default=None, ge=1, description="Runs of one tenant at once; unset: no cap."
+    )
+    tenant_limits: dict[str, int] = Field(
+        default_factory=dict, description='JSON {"<tenant>": <max concurrent runs>, ...}'
+    )
     data_dir: Path = Field(default=Path(".leasegate-data"))
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
@@ -132,6 +141,15 @@ class Settings(BaseSettings):
                     f"{MIN_SECRET_LENGTH} characters (tenant {tenant!r})"
                 )
             checked_tenant(tenant)  # an InvalidKeyError is a ValueError: a clear message
+        return value
+
+    @field_validator("tenant_limits")
+    @classmethod
+    def _check_tenant_limits(cls, value: dict[str, int]) -> dict[str, int]:
+        for tenant, cap in value.items():
+            checked_tenant(tenant)
+            if cap < 1:
+                raise ValueError(f"LEASEGATE_TENANT_LIMITS: tenant {tenant!r} needs a cap of 1+")
         return value
 
     @field_validator("webhook_secret")

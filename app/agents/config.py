@@ -4,6 +4,7 @@
     id = "sub-a"
     base_url = "https://llm.example/v1"   # optional for echo agents
     api_key_env = "SUB_A_KEY"             # the NAME of an environment variable
+    max_concurrent_runs = 10              # optional: runs at once on it, all agents together
 
     [[agents]]
     id = "helper"
@@ -11,6 +12,7 @@
     model = "some-model"
     subscriptions = ["sub-a", "sub-b"]     # priority order; the first is the initial one
     system_prompt = "..."                 # optional
+    max_concurrent_runs = 3               # optional, any backend: runs at once, fleet-wide
 
     [[agents]]
     id = "planner"
@@ -33,6 +35,7 @@ from the environment here and never written anywhere else.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import tomllib
@@ -71,6 +74,7 @@ class _SubscriptionEntry(BaseModel):
     id: str = Field(pattern=ID_PATTERN)
     base_url: str | None = Field(default=None, pattern=r"^https?://")
     api_key_env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN)
+    max_concurrent_runs: int | None = Field(default=None, ge=1)
 
 
 class _ModelEntry(BaseModel):
@@ -81,6 +85,7 @@ class _ModelEntry(BaseModel):
     backend: Literal["openai", "echo"]
     model: str | None = None
     subscriptions: list[str] = Field(default_factory=list)
+    max_concurrent_runs: int | None = Field(default=None, ge=1)
     system_prompt: str | None = None
 
 
@@ -93,6 +98,7 @@ class _AGUIEntry(BaseModel):
     connect_timeout_seconds: float | None = Field(default=None, gt=0)
     read_timeout_seconds: float | None = Field(default=None, gt=0)
     subscriptions: list[str] = Field(default_factory=list)
+    max_concurrent_runs: int | None = Field(default=None, ge=1)
 
 
 class _PythonEntry(BaseModel):
@@ -101,6 +107,7 @@ class _PythonEntry(BaseModel):
     backend: Literal["python"]
     entrypoint: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
     subscriptions: list[str] = Field(default_factory=list)
+    max_concurrent_runs: int | None = Field(default=None, ge=1)
 
 
 _AgentEntry = Annotated[_ModelEntry | _AGUIEntry | _PythonEntry, Field(discriminator="backend")]
@@ -126,6 +133,8 @@ class AgentConfig:
     connect_timeout: float | None = None
     read_timeout: float | None = None
     """ag-ui: None means the LEASEGATE_UPSTREAM_* settings."""
+    max_concurrent_runs: int | None = None
+    """Runs of this agent at once across the fleet; None: no cap."""
     entrypoint: str | None = None
     """python: `package.module:attribute`."""
 
@@ -134,6 +143,8 @@ class AgentConfig:
 class AgentsConfig:
     agents: dict[str, AgentConfig]
     credentials: dict[str, Subscription] = field(default_factory=dict)
+    subscription_caps: dict[str, int] = field(default_factory=dict)
+    """Runs at once per subscription (`max_concurrent_runs`), across all its agents."""
 
     def subscription(self, subscription_id: str) -> Subscription:
         return self.credentials[subscription_id]
@@ -177,8 +188,12 @@ def _build(parsed: _File, environ: Mapping[str, str], path: Path) -> AgentsConfi
             credentials[sub_id] = Subscription(
                 sub_id, sub.base_url, environ.get(sub.api_key_env) if sub.api_key_env else None
             )
-        agents[entry.id] = _agent(entry, subscriptions, environ, path)
-    return AgentsConfig(agents, credentials)
+        agents[entry.id] = dataclasses.replace(
+            _agent(entry, subscriptions, environ, path),
+            max_concurrent_runs=entry.max_concurrent_runs,
+        )
+    caps = {s.id: s.max_concurrent_runs for s in parsed.subscriptions if s.max_concurrent_runs}
+    return AgentsConfig(agents, credentials, caps)
 
 
 def _agent(

@@ -89,6 +89,9 @@ class Run:
     start_by: int | None = None
     """When a run not started yet ends `expired` (microseconds on Redis' clock: created_at
     + start_within_seconds); None: it may wait as long as it takes."""
+    waiting_for: str | None = None
+    """While a started run waits for a capacity slot (then shown `queued`): agent_capacity,
+    subscription_capacity, tenant_capacity or fleet_capacity."""
 
     @classmethod
     def from_record(cls, fields: dict[str, Any]) -> Run:
@@ -99,11 +102,13 @@ class Run:
             return int(value) if value else None
 
         timeout_ms = fields.get("timeout_ms")
+        status = RunStatus(fields["status"])
+        waiting_for = fields.get("waiting_for") if status == RunStatus.RUNNING else None
         return cls(
             run_id=fields["run_id"],
             tenant=fields["tenant"],
             session_id=fields["session_id"],
-            status=RunStatus(fields["status"]),
+            status=RunStatus.QUEUED if waiting_for else status,
             input=fields.get("input", ""),
             agent_id=fields.get("agent_id", ""),
             metadata=fields.get("metadata") or {},
@@ -126,6 +131,7 @@ class Run:
             busy_policy=fields.get("policy") or fields.get("busy_policy") or None,
             priority=int(fields["priority"]) if fields.get("priority") not in (None, "") else 5,
             start_by=number("start_by"),
+            waiting_for=waiting_for or None,
         )
 
     def public(self) -> dict[str, Any]:
@@ -155,6 +161,7 @@ class Run:
             "attempt": self.attempt,
             "priority": self.priority,
             "start_by": _iso(self.start_by),
+            "waiting_for": self.waiting_for,
         }
 
 

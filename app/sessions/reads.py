@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from app.agents import Turn
 from app.errors import RunNotFoundError, SessionNotFoundError
 from app.redis import as_text, guarded
+from app.sessions.busy import DEFAULT_COLLECT_MS
 from app.sessions.ids import locate_run
 from app.sessions.lua import decode_run_pair
 from app.sessions.models import Holder, Run, SessionView
@@ -39,12 +40,12 @@ class Reads:
         return SessionRef.of(run_tenant, session_id)
 
     async def get_run(self, session: SessionRef, run_id: str) -> Run:
-        asked, state = await self._call(
-            self._redis.hmget(session.keys.runs, [run_id, f"{run_id}:s"])
+        asked, state, waiting = await self._call(
+            self._redis.hmget(session.keys.runs, [run_id, f"{run_id}:s", f"{run_id}:w"])
         )
         if asked is None or state is None:
             raise RunNotFoundError(run_id)
-        return Run.from_record(decode_run_pair(asked, state))
+        return Run.from_record(_with_waiting(decode_run_pair(asked, state), waiting))
 
     async def find_by_idempotency_key(self, session: SessionRef, key: str) -> Run:
         digest = hashlib.sha256(key.encode()).hexdigest()[:32]
@@ -65,15 +66,24 @@ class Reads:
             "last_error",
             "default_policy",
             "agent_state",
+            "default_collect_ms",
         ]
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.pttl(keys.lease.lease)
             pipe.hmget(keys.state, fields)
             pipe.lrange(keys.queue, 0, -1)
             pttl, state, queued = await self._call(pipe.execute())
-        generation, active_id, holder, fence, held_since, last_error, default, agent_state = (
-            as_text(v) if v is not None else None for v in state
-        )
+        (
+            generation,
+            active_id,
+            holder,
+            fence,
+            held_since,
+            last_error,
+            default,
+            agent_state,
+            collect_ms,
+        ) = (as_text(v) if v is not None else None for v in state)
         if generation is None:
             raise SessionNotFoundError(session.session_id)
         ids = [active_id] if active_id else []
@@ -93,16 +103,18 @@ class Reads:
             last_error=last_error or None,
             default_busy_policy=default or self._default_policy,
             agent_state=json.loads(agent_state) if agent_state else {},
+            default_collect_ms=int(collect_ms) if collect_ms else DEFAULT_COLLECT_MS,
         )
 
     async def _runs(self, session: SessionRef, run_ids: list[str]) -> list[Run]:
         """The runs that exist of `run_ids`, in that order (one round trip)."""
         if not run_ids:
             return []
-        fields = [f for run_id in run_ids for f in (run_id, f"{run_id}:s")]
+        fields = [f for run_id in run_ids for f in (run_id, f"{run_id}:s", f"{run_id}:w")]
         values = await self._call(self._redis.hmget(session.keys.runs, fields))
-        pairs = zip(values[0::2], values[1::2], strict=True)
-        return [Run.from_record(decode_run_pair(a, s)) for a, s in pairs if a and s]
+        triples = zip(values[0::3], values[1::3], values[2::3], strict=True)
+        records = [_with_waiting(decode_run_pair(a, s), w) for a, s, w in triples if a and s]
+        return [Run.from_record(record) for record in records]
 
     async def require(self, session: SessionRef) -> None:
         if not await self._call(self._redis.exists(session.keys.state)):
@@ -152,3 +164,10 @@ class Reads:
     async def last_event_id(self, session: SessionRef) -> str:
         entries = await self._call(self._redis.xrevrange(session.keys.events, count=1))
         return as_text(entries[0][0]) if entries else "0-0"
+
+
+def _with_waiting(record: dict[str, Any], waiting: Any) -> dict[str, Any]:
+    """The record with what the run waits for (app/capacity/marks.py), if it waits."""
+    if waiting:
+        record["waiting_for"] = as_text(waiting)
+    return record

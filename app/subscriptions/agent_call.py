@@ -12,6 +12,7 @@ SubscriptionsExhaustedError. A reply already under way is never retried: part of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -44,6 +45,24 @@ class Progress(Protocol):
 
 
 History = Callable[[], Awaitable[list[Turn]]]
+
+
+class SubscriptionSlots(Protocol):
+    """Holds a slot of a capped subscription around one call of the agent
+    (`app.capacity.CapacityGate.subscription`); after a switch, the new one's."""
+
+    def subscription(
+        self, run: Run, subscription_id: str | None, progress: Progress
+    ) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+
+class _Uncapped:
+    def subscription(
+        self, run: Run, subscription_id: str | None, progress: Progress
+    ) -> contextlib.AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
+
+
 MAX_WAITS = 5
 """Waits of one run for a subscription to come back, whatever their length."""
 WAIT_MARGIN = 0.01
@@ -51,9 +70,15 @@ WAIT_MARGIN = 0.01
 
 
 class AgentCalls:
-    def __init__(self, agents: AgentRegistry, subscriptions: Subscriptions) -> None:
+    def __init__(
+        self,
+        agents: AgentRegistry,
+        subscriptions: Subscriptions,
+        capacity: SubscriptionSlots | None = None,
+    ) -> None:
         self._agents = agents
         self._subscriptions = subscriptions
+        self._capacity = capacity or _Uncapped()
 
     async def run(self, run: Run, history: History, progress: Progress) -> None:
         """Run the agent for `run`, streaming its reply into `progress`."""
@@ -62,7 +87,8 @@ class AgentCalls:
         waited, waits = 0.0, 0
         while True:
             try:
-                await self._stream(run, history, progress, subscription)
+                async with self._capacity.subscription(run, subscription, progress):
+                    await self._stream(run, history, progress, subscription)
                 return
             except SubscriptionFailureError as failure:
                 if progress.replied or progress.subscription is None:

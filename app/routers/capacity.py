@@ -1,0 +1,19 @@
+"""GET /internal/capacity: what is waiting for what, behind the internal secret."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from app.capacity.view import capacity_view
+from app.deps import InternalDep
+
+router = APIRouter(prefix="/internal", tags=["internal"])
+
+
+@router.get("/capacity")
+async def get_capacity(resources: InternalDep) -> dict[str, Any]:
+    """Each capped resource (fleet, tenants, agents, subscriptions): cap, holders (run,
+    tenant, worker, since), waiters in grant order."""
+    return {"resources": await capacity_view(resources.redis, resources.capacity.caps)}
