@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
 
-from app.errors import ExecutionNotFoundError
-from app.keys import execution_key
-from app.redis import guarded
+from app.errors import ExecutionNotFoundError, IdempotencyConflictError
+from app.keys import execution_idempotency_key, execution_key
+from app.redis import as_text, guarded
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +39,12 @@ class ExecutionStore:
         self._retention_ms = max(1, round(retention_seconds * 1000))
 
     async def claim(self, execution: Execution) -> Execution:
-        """The execution as first claimed: `execution` itself, or an earlier claim."""
+        """The execution as first claimed: `execution` itself, or an earlier claim.
+
+        Its idempotency key is claimed first (SET NX, one key: atomic on any topology): a
+        key already used with another execution id is an IdempotencyConflictError, with
+        nothing written, instead of the other execution's run."""
+        await self._claim_idempotency_key(execution)
         key = execution_key(execution.execution_id)
         record = json.dumps(asdict(execution))
         async with self._redis.pipeline(transaction=False) as pipe:
@@ -47,6 +52,18 @@ class ExecutionStore:
             pipe.get(key)
             _, stored = await guarded(pipe.execute())
         return Execution(**json.loads(stored))
+
+    async def _claim_idempotency_key(self, execution: Execution) -> None:
+        key = execution_idempotency_key(execution.idempotency_key)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(key, execution.execution_id, nx=True, px=self._retention_ms)
+            pipe.get(key)
+            _, owner = await guarded(pipe.execute())
+        if owner is not None and as_text(owner) != execution.execution_id:
+            raise IdempotencyConflictError(
+                f"the Idempotency-Key was already used with execution {as_text(owner)!r}, "
+                f"not {execution.execution_id!r}"
+            )
 
     async def get(self, execution_id: str) -> Execution:
         stored = await guarded(self._redis.get(execution_key(execution_id)))

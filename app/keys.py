@@ -10,6 +10,7 @@ or newline could forge another entity's key, so only a safe alphabet is allowed.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -227,6 +228,13 @@ class AgentKeys:
     assignment: str
     refusals: str
     events: str
+
+
+def execution_idempotency_key(idempotency_key: str) -> str:
+    """Which execution id an execute-task idempotency key was first used with (the key
+    is any header value: its SHA-256 goes in the name)."""
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+    return f"{NAMESPACE}:{{xk:{digest}}}:execution-id"
 
 
 def agent_keys(agent_id: str) -> AgentKeys:

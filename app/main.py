@@ -10,11 +10,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from app import logs, problems
+from app import logs, openapi, problems
 from app.agents import AgentRegistry
 from app.errors import AgentsConfigError, ConfigurationError
 from app.metrics import Metrics
-from app.middleware import RequestIdMiddleware
+from app.middleware import InputGuardMiddleware, RequestIdMiddleware
 from app.resources import Resources
 from app.routers import agents as agents_router
 from app.routers import agui, capacity, events, health, internal, runs, sessions
@@ -56,6 +56,7 @@ def create_app(
 
     logs.configure(settings.log_level, settings.log_format)
     app = FastAPI(title="leasegate", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(InputGuardMiddleware)  # inside the request id: its answers carry one
     app.add_middleware(RequestIdMiddleware)
     problems.install(app, retry_after_seconds=settings.retry_after_seconds, metrics=metrics)
     app.include_router(health.router)
@@ -67,6 +68,7 @@ def create_app(
     app.include_router(capacity.router)
     app.include_router(agents_router.router)
     app.include_router(agui.router)
+    openapi.install(app)
     return app
 
 

@@ -89,6 +89,25 @@ EXPOSED_ATTRIBUTES = (
     "execution_id",
 )
 INTERNAL = Problem(500, "internal", "Internal server error")
+UNREADABLE = Problem(422, "invalid-body", "Request body not readable")
+"""What FastAPI's own 400 (a body it could not read) answers: every malformed request is
+a 422, whatever part of it is wrong."""
+
+ECHO_LIMIT = 200
+"""Characters of any string a problem document carries that can echo input (names, ids,
+keys, messages); `detail` gets DETAIL_LIMIT. The rest is cut, marked by an ellipsis."""
+DETAIL_LIMIT = 500
+
+
+def capped(value: Any, limit: int = ECHO_LIMIT) -> Any:
+    """`value` with every string in it cut to `limit` characters."""
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[: limit - 1] + "\u2026"
+    if isinstance(value, list | tuple):
+        return [capped(item, limit) for item in value]
+    if isinstance(value, dict):
+        return {capped(key, limit): capped(item, limit) for key, item in value.items()}
+    return value
 
 
 def problem_response(
@@ -105,9 +124,9 @@ def problem_response(
         "type": f"/problems/{problem.slug}",
         "title": problem.title,
         "status": problem.status,
-        "detail": detail,
-        "instance": request.url.path,
-        **extra,
+        "detail": capped(detail, DETAIL_LIMIT),
+        "instance": capped(request.url.path),
+        **capped(extra),
     }
     return JSONResponse(body, status_code=problem.status, headers=headers, media_type=PROBLEM_JSON)
 
@@ -139,6 +158,8 @@ def install(app: FastAPI, *, retry_after_seconds: int, metrics: Metrics) -> None
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400:
+            return problem_response(UNREADABLE, str(exc.detail), request)
         problem = Problem(exc.status_code, f"http-{exc.status_code}", str(exc.detail))
         return problem_response(problem, str(exc.detail), request, exc.headers)
 

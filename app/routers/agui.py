@@ -24,6 +24,7 @@ from app.agui.message import read_message
 from app.deps import CallerDep
 from app.errors import LeasegateError, RunTerminalError
 from app.resources import Resources
+from app.routers.models.problem import errors
 from app.routers.sessions import IdempotencyKey
 from app.sessions.models import BusyPolicy, NewRun
 from app.sessions.ref import SessionRef
@@ -47,7 +48,16 @@ OnDisconnect = Annotated[
 ]
 
 
-@router.post("/{agent_id}/ag-ui", response_class=EventSourceResponse)
+@router.post(
+    "/{agent_id}/ag-ui",
+    response_class=EventSourceResponse,
+    summary="Run an agent for an AG-UI frontend",
+    description=(
+        "Post an AG-UI `RunAgentInput`; the answer streams the run's AG-UI events. Whatever "
+        "refuses the message is a problem document before the stream starts."
+    ),
+    responses=errors(409, 429),
+)
 async def run_agent(
     agent_id: AgentIdPath,
     body: RunAgentInput,

@@ -18,16 +18,38 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from app.deps import SessionDep
 from app.errors import InvalidKeyError
+from app.routers.models.problem import errors
 from app.sessions.models import RunStatus
 from app.sessions.tail import tail
 
 router = APIRouter(prefix="/v1/sessions", tags=["events"])
 
 EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
+EVENT_ID_PART_MAX = 2**64 - 1  # a Redis stream id is two unsigned 64-bit numbers
+
+
+def valid_event_id(text: str) -> bool:
+    """An id the stream can be read after: two 64-bit parts, short of the very last id."""
+    if EVENT_ID.fullmatch(text) is None:
+        return False
+    parts = [int(part) for part in text.split("-")]
+    return max(parts) <= EVENT_ID_PART_MAX and min(parts) < EVENT_ID_PART_MAX
+
+
 PING = 15
 
 
-@router.get("/{session_id}/events")
+@router.get(
+    "/{session_id}/events",
+    summary="Follow a session's events",
+    description=(
+        "Server-sent events of the session's runs (`queued`, `started`, `delta`, ...), each "
+        "with an id; `Last-Event-ID` or `since` resumes after one (`since=0`: from the start). "
+        "An id out of range is a 422 before the stream starts."
+    ),
+    response_class=EventSourceResponse,
+    responses=errors(404),
+)
 async def session_events(
     call: SessionDep,
     last_event_id: Annotated[str | None, Header(max_length=50)] = None,
@@ -39,7 +61,7 @@ async def session_events(
     store = resources.reads
     await store.require(session)
     after = last_event_id or since
-    if after is not None and after != "0" and not EVENT_ID.fullmatch(after):
+    if after is not None and after != "0" and not valid_event_id(after):
         raise InvalidKeyError(after, "an event id looks like 1700000000000-0")
     start = "0-0" if after == "0" else after or await store.last_event_id(session)
 

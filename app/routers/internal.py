@@ -14,6 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.deps import InternalDep, SessionCall
 from app.errors import IdempotencyConflictError, MetadataTooLargeError, RunNotFoundError
 from app.executions import Execution
+from app.routers.models.internal import (
+    ExecutionRunOut,
+    RedeliveredOut,
+    TaskAccepted,
+    WebhooksOut,
+)
+from app.routers.models.params import PLAIN_FLOAT, PLAIN_INT
+from app.routers.models.problem import answers
 from app.routers.schemas import MAX_START_WITHIN, MetadataField
 from app.routers.sessions import wait_for_end
 from app.sessions.admission import MAX_METADATA_BYTES
@@ -37,23 +45,35 @@ class TaskIn(BaseModel):
     tenant: str | None = Field(
         default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$"
     )
-    timeout_seconds: float | None = Field(default=None, ge=1, le=7200)
+    timeout_seconds: float | None = Field(default=None, ge=1, le=7200, strict=True)
     busy_policy: BusyPolicy = BusyPolicy.REJECT
     metadata: MetadataField = Field(default_factory=dict)
     webhook: str | None = Field(default=None, min_length=1, max_length=2000)
-    priority: int = Field(default=5, ge=0, le=9)
-    start_within_seconds: float | None = Field(default=None, gt=0, le=MAX_START_WITHIN)
+    priority: int = Field(default=5, ge=0, le=9, strict=True)
+    start_within_seconds: float | None = Field(default=None, gt=0, le=MAX_START_WITHIN, strict=True)
 
     def fingerprint(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-@router.post("/execute-task", status_code=202)
+@router.post(
+    "/execute-task",
+    status_code=202,
+    summary="Run a scheduled task",
+    description=(
+        "Run `message` for the scheduler's `execution_id`: one execution id is one run, "
+        "however often it is sent. An `Idempotency-Key` already used with another "
+        "execution id, or an execution id sent again with another request, is a 409."
+    ),
+    response_model=None,
+    responses=answers(TaskAccepted, 409, 429, status=202, description="Admitted.")
+    | {200: {"model": ExecutionRunOut, "description": "With `wait`: the run, once ended."}},
+)
 async def execute_task(
     task: TaskIn,
     resources: InternalDep,
-    wait: Annotated[float | None, Query(gt=0, le=60)] = None,
+    wait: Annotated[float | None, Query(gt=0, le=60), PLAIN_FLOAT] = None,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> JSONResponse:
     agent_id = resources.agents.resolve(task.agent_id)
@@ -111,7 +131,13 @@ async def execute_task(
     )
 
 
-@router.get("/executions/{execution_id}")
+@router.get(
+    "/executions/{execution_id}",
+    summary="Read an execution's run",
+    description="The run a scheduled execution became.",
+    response_model=None,
+    responses=answers(ExecutionRunOut, 404),
+)
 async def get_execution(execution_id: str, resources: InternalDep) -> dict[str, Any]:
     execution = await resources.executions.get(execution_id)
     session = SessionRef.of(execution.tenant, execution.session_id)
@@ -119,11 +145,16 @@ async def get_execution(execution_id: str, resources: InternalDep) -> dict[str, 
     return run.public() | {"execution_id": execution_id}
 
 
-@router.get("/webhooks")
+@router.get(
+    "/webhooks",
+    summary="List dead completion webhooks",
+    response_model=None,
+    responses=answers(WebhooksOut),
+)
 async def list_webhooks(
     resources: InternalDep,
     status: Annotated[Literal["dead"], Query()] = "dead",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000), PLAIN_INT] = 100,
 ) -> dict[str, Any]:
     """Completion webhooks given up on, newest first (URLs are not shown: they may hold
     credentials)."""
@@ -144,7 +175,13 @@ async def list_webhooks(
     return {"webhooks": found}
 
 
-@router.post("/webhooks/{run_id}/redeliver")
+@router.post(
+    "/webhooks/{run_id}/redeliver",
+    summary="Redeliver a completion webhook",
+    description="Send a dead (or any owed) completion webhook again, from the first attempt.",
+    response_model=None,
+    responses=answers(RedeliveredOut, 404),
+)
 async def redeliver_webhook(run_id: str, resources: InternalDep) -> dict[str, Any]:
     session = SessionRef.of(*locate_run(run_id))
     if not await resources.outbox.redeliver(session, run_id, round(time.time() * 1000)):

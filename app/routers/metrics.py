@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.deps import ResourcesDep
@@ -11,6 +11,11 @@ from app.deps import ResourcesDep
 router = APIRouter(tags=["metrics"])
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    description="Every worker's metrics, in the Prometheus text format.",
+    response_class=PlainTextResponse,
+)
 async def metrics(resources: ResourcesDep) -> Response:
     return Response(resources.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

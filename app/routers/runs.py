@@ -9,6 +9,8 @@ from fastapi.responses import JSONResponse
 
 from app.deps import Caller, CallerDep
 from app.errors import RunNotFoundError, RunTerminalError
+from app.routers.models.problem import answers, errors
+from app.routers.models.runs import BulkCancelOut, RunOut
 from app.routers.schemas import BulkCancelIn
 from app.routers.sessions import IdempotencyKey
 from app.sessions.ref import SessionRef
@@ -18,7 +20,12 @@ router = APIRouter(prefix="/v1/runs", tags=["runs"])
 CANCEL_WAIT_SECONDS = 5.0
 
 
-@router.post("/cancel")
+@router.post(
+    "/cancel",
+    summary="Cancel many runs",
+    response_model=None,
+    responses=answers(BulkCancelOut, 404),
+)
 async def cancel_runs(body: BulkCancelIn, caller: CallerDep) -> dict[str, Any]:
     """Cancel many runs: the ones named, or a session's queued, running or all runs.
     Answers per run: cancelled, cancel_requested, not_found or already_ended."""
@@ -47,13 +54,26 @@ async def _cancel_one(caller: Caller, run_id: str) -> dict[str, Any]:
     return {"run_id": run_id, "outcome": "cancelled" if now else "cancel_requested"}
 
 
-@router.get("/{run_id}")
+@router.get(
+    "/{run_id}",
+    summary="Read a run",
+    description="The run, if it belongs to the caller's tenant.",
+    response_model=None,
+    responses=answers(RunOut, 404),
+)
 async def get_run(run_id: str, caller: CallerDep) -> dict[str, Any]:
     reads = caller.resources.reads
     return (await reads.get_run(reads.locate(run_id, caller.tenant), run_id)).public()
 
 
-@router.post("/{run_id}/cancel")
+@router.post(
+    "/{run_id}/cancel",
+    summary="Cancel a run",
+    response_model=None,
+    responses=answers(RunOut, 404, description="Cancelled: the run as it ended.")
+    | {202: {"model": RunOut, "description": "Cancel requested; the run has not ended yet."}}
+    | errors(**{"409": "The run already ended (`run_status`)."}),
+)
 async def cancel_run(
     run_id: str, caller: CallerDep, idempotency_key: IdempotencyKey = None
 ) -> JSONResponse:

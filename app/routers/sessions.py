@@ -14,6 +14,16 @@ from app.agents import Turn
 from app.agents.agui_wire import conversation
 from app.deps import SessionCall, SessionDep
 from app.errors import IdempotencyConflictError, LeasegateError, RedisUnavailableError
+from app.routers.models.params import MAX_OFFSET, PLAIN_FLOAT, PLAIN_INT
+from app.routers.models.problem import answers
+from app.routers.models.runs import Admitted, RunOut, RunPage
+from app.routers.models.sessions import (
+    DeletedOut,
+    ResetOut,
+    SessionOut,
+    StoppedOut,
+    TranscriptOut,
+)
 from app.routers.schemas import MessageIn, SessionDefaultsIn
 from app.sessions.models import Admission, NewRun
 from app.sessions.service import Submitted
@@ -22,7 +32,9 @@ from app.webhooks.targets import webhook_for
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
 WaitQuery = Annotated[
-    float | None, Query(gt=0, le=60, description="Hold the response until the run ends.")
+    float | None,
+    Query(gt=0, le=60, description="Hold the response until the run ends."),
+    PLAIN_FLOAT,
 ]
 
 
@@ -42,7 +54,21 @@ OnDisconnect = Annotated[
 ]
 
 
-@router.post("/{session_id}/messages", status_code=202)
+@router.post(
+    "/{session_id}/messages",
+    status_code=202,
+    summary="Post a message",
+    description="Admit a message: start it, queue it, or refuse it by the busy policy.",
+    response_model=None,
+    responses=answers(
+        Admitted,
+        409,
+        429,
+        status=202,
+        description="Admitted: `disposition` says what admission did.",
+    )
+    | {200: {"model": RunOut, "description": "With `wait`: the run, once it has ended."}},
+)
 async def post_message(
     body: MessageIn,
     call: SessionDep,
@@ -145,23 +171,40 @@ def _cut(admission: Admission) -> dict[str, Any]:
     return {name: admission.interrupted_run_id}
 
 
-@router.get("/{session_id}")
+@router.get(
+    "/{session_id}",
+    summary="Read a session",
+    description="The session's state: its holder, active run, queue and defaults.",
+    response_model=None,
+    responses=answers(SessionOut, 404),
+)
 async def get_session(call: SessionDep) -> dict[str, Any]:
     return (await call.resources.reads.view(call.session)).public()
 
 
-@router.patch("/{session_id}")
+@router.patch(
+    "/{session_id}",
+    summary="Set a session's defaults",
+    response_model=None,
+    responses=answers(SessionOut, 404),
+)
 async def set_session_defaults(body: SessionDefaultsIn, call: SessionDep) -> dict[str, Any]:
     """The session's default busy policy, for messages that name none."""
     await call.resources.control.set_default_policy(call.session, body.busy_policy)
     return (await call.resources.reads.view(call.session)).public()
 
 
-@router.get("/{session_id}/runs")
+@router.get(
+    "/{session_id}/runs",
+    summary="List a session's runs",
+    description="Newest first, a page at a time (`next_offset`).",
+    response_model=None,
+    responses=answers(RunPage, 404),
+)
 async def list_runs(
     call: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=100), PLAIN_INT] = 20,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET), PLAIN_INT] = 0,
 ) -> dict[str, Any]:
     runs = await call.resources.reads.list_runs(call.session, offset, limit + 1)
     more = len(runs) > limit
@@ -172,7 +215,13 @@ async def list_runs(
     }
 
 
-@router.get("/{session_id}/transcript")
+@router.get(
+    "/{session_id}/transcript",
+    summary="Read a session's transcript",
+    description="The current generation's turns in order, or its AG-UI messages.",
+    response_model=None,
+    responses=answers(TranscriptOut, 404),
+)
 async def get_transcript(
     call: SessionDep,
     format: Annotated[
@@ -190,7 +239,13 @@ async def get_transcript(
     return answer | {"turns": turns}
 
 
-@router.post("/{session_id}/stop")
+@router.post(
+    "/{session_id}/stop",
+    summary="Stop a session",
+    description="Cancel the active run and (unless `queued=keep`) every queued run.",
+    response_model=None,
+    responses=answers(StoppedOut, 404),
+)
 async def stop_session(
     call: SessionDep,
     idempotency_key: IdempotencyKey = None,
@@ -209,7 +264,12 @@ async def stop_session(
     }
 
 
-@router.delete("/{session_id}")
+@router.delete(
+    "/{session_id}",
+    summary="Delete a session",
+    response_model=None,
+    responses=answers(DeletedOut, 404),
+)
 async def delete_session(
     call: SessionDep, idempotency_key: IdempotencyKey = None
 ) -> dict[str, Any]:
@@ -218,7 +278,13 @@ async def delete_session(
     return {"session_id": call.session.session_id, "deleted": True, "cancelled": cancelled}
 
 
-@router.post("/{session_id}/reset")
+@router.post(
+    "/{session_id}/reset",
+    summary="Reset a session",
+    description="Stop it, then start a new generation with an empty transcript.",
+    response_model=None,
+    responses=answers(ResetOut, 404),
+)
 async def reset_session(call: SessionDep, idempotency_key: IdempotencyKey = None) -> dict[str, Any]:
     generation, cancelled = await call.resources.control.reset(call.session, idempotency_key)
     return {"session_id": call.session.session_id, "generation": generation, "cancelled": cancelled}
