@@ -11,16 +11,16 @@ from redis.asyncio import Redis
 
 from app.agents import AgentRegistry
 from app.auth import ApiKeys, InternalSecret
+from app.capacity import CapacityGate, Caps
 from app.executions import ExecutionStore
 from app.keys import CONTROL_CHANNEL, WAKE_CHANNEL
-from app.capacity import CapacityGate, Caps
 from app.locks import LeaseManager, LeaseScripts
+from app.locks.slot_scripts import SlotScripts
+from app.locks.slots import SlotManager
 from app.metrics import Metrics
 from app.redis import create_redis
 from app.redis.pubsub import PubSubHub
 from app.sessions.admission import Admissions
-from app.locks.slot_scripts import SlotScripts
-from app.locks.slots import SlotManager
 from app.sessions.control import Control
 from app.sessions.holder import HolderDeps
 from app.sessions.index import SessionIndex
@@ -65,6 +65,7 @@ class Resources:
     subscriptions: Subscriptions
     webhook: Webhook | None
     executions: ExecutionStore
+    capacity: CapacityGate
     api_keys: ApiKeys
     internal_secret: InternalSecret
     metrics: Metrics
@@ -73,7 +74,6 @@ class Resources:
     async def open(cls, settings: Settings, metrics: Metrics, agents: AgentRegistry) -> Resources:
         redis = create_redis(settings)
         worker = f"{socket.gethostname()}:{os.getpid()}"
-    capacity: CapacityGate
         lease_scripts = LeaseScripts.register(redis)
         hub = PubSubHub(redis)
         leases = LeaseManager(
@@ -116,16 +116,6 @@ class Resources:
             default_policy=settings.default_busy_policy,
         )
         index = SessionIndex(redis, limits, worker=worker)
-        deps = HolderDeps(
-            writes=writes,
-            renewals=renewals,
-            calls=AgentCalls(agents, subscriptions, capacity),
-            reads=reads,
-            control=control,
-            waiters=Waiters(reads, hub),
-            metrics=metrics,
-            lease_ttl=settings.lease_ttl_seconds,
-            active={},
         slots = SlotManager(
             redis,
             SlotScripts.register(redis),
@@ -136,8 +126,19 @@ class Resources:
         capacity = CapacityGate(
             redis, slots, Caps.from_config(settings, agents.config), metrics, worker=worker
         )
+        deps = HolderDeps(
+            writes=writes,
+            renewals=renewals,
+            calls=AgentCalls(agents, subscriptions, capacity),
+            reads=reads,
+            control=control,
+            waiters=Waiters(reads, hub),
+            metrics=metrics,
+            lease_ttl=settings.lease_ttl_seconds,
+            active={},
             early_stop=lambda _: None,
             closing=lambda: False,
+            gates=[capacity],  # entered in this order
         )
         sessions = Sessions(admissions, index, deps, deadline=settings.redis_timeout_seconds)
         hub.listen(CONTROL_CHANNEL, sessions.on_control)
@@ -148,7 +149,6 @@ class Resources:
             leases,
             metrics,
             interval=settings.sweep_interval_seconds,
-            gates=[capacity],  # entered in this order
             idle_grace=2 * settings.lease_ttl_seconds,
         )
         outbox = Outbox(redis, limits)
@@ -179,6 +179,7 @@ class Resources:
             *control.scripts,
             *index.scripts,
             *outbox.scripts,
+            *capacity.scripts,
         ]
         secret = settings.internal_secret
         return cls(
@@ -197,8 +198,8 @@ class Resources:
             agents=agents,
             subscriptions=subscriptions,
             webhook=webhook,
+            capacity=capacity,
             executions=ExecutionStore(redis, retention_seconds=settings.run_retention_seconds),
-            *capacity.scripts,
             api_keys=ApiKeys(settings.api_keys),
             internal_secret=InternalSecret(secret.get_secret_value() if secret else None),
             metrics=metrics,
@@ -218,7 +219,6 @@ class Resources:
         await self.sessions.close(self.settings.shutdown_grace_seconds)
         await self.renewals.close()
         if self.webhook is not None:
-            capacity=capacity,
             await self.webhook.aclose()
         await self.agents.aclose()
         await self.hub.close()
