@@ -10,9 +10,10 @@ import logging
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Header, Path, Request
+from fastapi import Depends, Header, Path, Query, Request
 
 from app import logs
+from app.console.tokens import ConsoleTokens
 from app.errors import AuthError
 from app.resources import Resources
 from app.sessions.ref import SessionRef
@@ -99,7 +100,28 @@ async def get_internal(
     return resources
 
 
+async def get_console_stream(
+    request: Request,
+    token: Annotated[str | None, Query(max_length=200, include_in_schema=False)] = None,
+    x_internal_secret: Annotated[str | None, Header(include_in_schema=False)] = None,
+    authorization: AuthorizationHeader = None,
+) -> Resources:
+    """The resources, for the console's stream: the internal secret in a header, or a
+    short-lived token from POST /internal/console/token (an EventSource sends no headers)."""
+    if x_internal_secret or authorization:
+        return await get_internal(request, x_internal_secret, authorization)
+    resources = resources_of(request)
+    secret = resources.settings.internal_secret
+    try:
+        ConsoleTokens(secret.get_secret_value() if secret else None).check(token)
+    except AuthError as exc:
+        log.warning("console stream authentication failed: %s", exc)
+        raise
+    return resources
+
+
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 CallerDep = Annotated[Caller, Depends(get_caller)]
 SessionDep = Annotated[SessionCall, Depends(get_session_call)]
 InternalDep = Annotated[Resources, Depends(get_internal)]
+ConsoleStreamDep = Annotated[Resources, Depends(get_console_stream)]

@@ -63,6 +63,16 @@ ACTIVE_SESSIONS = f"{NAMESPACE}:sessions:active"
 """Sorted set of the sessions that may have work (member "tenant/session", score the last
 admission in ms): the sweeper's index, so it never scans the keyspace."""
 
+WORKERS = f"{NAMESPACE}:workers"
+"""Sorted set of the workers that sent a heartbeat (member the worker id, score its last
+heartbeat in ms): the registry's index; each worker's record is `worker_key(id)`."""
+
+
+def worker_key(worker_id: str) -> str:
+    """One worker's heartbeat record (JSON), expiring unless the worker renews it."""
+    return f"{NAMESPACE}:{{w:{checked(worker_id)}}}:worker"
+
+
 WEBHOOK_SESSIONS = f"{NAMESPACE}:webhooks:sessions"
 """Sorted set of the sessions that may owe completion webhooks (member "tenant/session",
 score the last admission of a run with a webhook in ms): what the deliverer walks."""

@@ -18,7 +18,9 @@ from app.middleware import InputGuardMiddleware, RequestIdMiddleware
 from app.resources import Resources
 from app.routers import agents as agents_router
 from app.routers import agui, capacity, events, health, internal, runs, sessions
+from app.routers import console as console_router
 from app.routers import metrics as metrics_router
+from app.routers import operators as operators_router
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,8 @@ def create_app(
     app.include_router(capacity.router)
     app.include_router(agents_router.router)
     app.include_router(agui.router)
+    app.include_router(operators_router.router)
+    app.include_router(console_router.router)
     openapi.install(app)
     return app
 

@@ -116,6 +116,17 @@ class Metrics:
             registry=self.registry,
         )
 
+    def runs_finished_here(self) -> int:
+        """Runs this process has ended, all statuses (the worker registry reports it)."""
+        return int(
+            sum(
+                sample.value
+                for metric in self.runs_finished.collect()
+                for sample in metric.samples
+                if sample.name.endswith("_total")
+            )
+        )
+
     def exposition(self) -> bytes:
         """The Prometheus text format of this process, or of every worker in multiprocess mode."""
         if os.environ.get(MULTIPROCESS_DIR):

@@ -13,6 +13,8 @@ from app.agents import AgentRegistry
 from app.auth import ApiKeys, InternalSecret
 from app.capacity import CapacityGate, Caps
 from app.executions import ExecutionStore
+from app.fleet.sessions import SessionListing
+from app.fleet.workers import WorkerRegistry
 from app.keys import CONTROL_CHANNEL, WAKE_CHANNEL
 from app.locks import LeaseManager, LeaseScripts
 from app.locks.slot_scripts import SlotScripts
@@ -69,6 +71,8 @@ class Resources:
     api_keys: ApiKeys
     internal_secret: InternalSecret
     metrics: Metrics
+    workers: WorkerRegistry
+    listing: SessionListing
 
     @classmethod
     async def open(cls, settings: Settings, metrics: Metrics, agents: AgentRegistry) -> Resources:
@@ -165,7 +169,16 @@ class Resources:
                 max_attempts=settings.webhook_max_attempts,
                 retry_base=settings.webhook_retry_base_seconds,
             )
+        workers = WorkerRegistry(
+            redis,
+            worker_id=worker,
+            interval=settings.worker_heartbeat_seconds,
+            held=lambda: list(deps.active),
+            finished=metrics.runs_finished_here,
+            timeout=settings.redis_timeout_seconds,
+        )
         hub.start()
+        workers.start()
         renewals.start()
         sweeper.start()
         if deliverer is not None:
@@ -203,6 +216,8 @@ class Resources:
             api_keys=ApiKeys(settings.api_keys),
             internal_secret=InternalSecret(secret.get_secret_value() if secret else None),
             metrics=metrics,
+            workers=workers,
+            listing=SessionListing(redis, timeout=settings.redis_timeout_seconds),
         )
 
     async def load_scripts(self) -> None:
@@ -217,6 +232,7 @@ class Resources:
         if self.deliverer is not None:
             await self.deliverer.close()
         await self.sessions.close(self.settings.shutdown_grace_seconds)
+        await self.workers.close()  # listed while it drains its runs
         await self.renewals.close()
         if self.webhook is not None:
             await self.webhook.aclose()

@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     tenant_limits: dict[str, int] = Field(
         default_factory=dict, description='JSON {"<tenant>": <max concurrent runs>, ...}'
     )
+    worker_heartbeat_seconds: float = Field(
+        default=2.0, gt=0, description="How often a worker renews its entry in the registry."
+    )
+    console_interval_seconds: float = Field(
+        default=1.0, ge=0.1, le=60, description="How often the console stream sends a snapshot."
+    )
     data_dir: Path = Field(default=Path(".leasegate-data"))
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"

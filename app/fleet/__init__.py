@@ -1,0 +1,1 @@
+"""What operators see of the whole server: its workers and its sessions with work."""
