@@ -32,7 +32,7 @@ def test_serve_starts_an_embedded_redis_and_stops_it_on_sigterm(tmp_path: Path) 
     with server_process(command, env, log, url) as process:
         output = log.read_text()
         redis_port = int(re.search(r"embedded redis-server on 127\.0\.0\.1:(\d+)", output)[1])  # type: ignore[index]
-        curl = re.search(r"try\s+(curl .+)$", output, re.MULTILINE)
+        curl = re.search(r"try\s+(curl [^\"\n]+)", output)
         assert curl is not None, output
         printed = subprocess.run(shlex.split(curl[1]), capture_output=True, text=True, timeout=10)
         assert printed.returncode == 0 and '"ready"' in printed.stdout

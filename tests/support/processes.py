@@ -1,0 +1,104 @@
+"""A service started as a user starts it, with its stdout and stderr kept apart, and the
+processes it started found by a mark in their environment (workers, redis-server)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.servers import is_ready
+from tests.support.waiting import wait_until_sync
+
+MARK = "LEASEGATE_TEST_MARK"
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[bytes]
+    stdout: Path
+    stderr: Path
+    url: str
+    mark: str = field(default="")
+
+    def output(self) -> str:
+        return self.stdout.read_text() + self.stderr.read_text()
+
+    def lines(self, needle: str) -> list[str]:
+        return [line for line in self.output().splitlines() if needle in line]
+
+    def family(self) -> set[int]:
+        """Every live process carrying this service's mark, the service itself included."""
+        return marked(self.mark)
+
+
+def new_mark() -> str:
+    return uuid.uuid4().hex
+
+
+@contextmanager
+def service(
+    args: list[str],
+    env: dict[str, str],
+    folder: Path,
+    url: str,
+    *,
+    wait_ready: bool = True,
+    timeout: float = 30.0,
+) -> Iterator[Service]:
+    folder.mkdir(parents=True, exist_ok=True)
+    mark = new_mark()
+    out, err = folder / "stdout.log", folder / "stderr.log"
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        process = subprocess.Popen(args, env={**env, MARK: mark}, stdout=stdout, stderr=stderr)
+    started = Service(process, out, err, url, mark)
+    try:
+        if wait_ready:
+            wait_until_sync(
+                lambda: is_ready(url) or process.poll() is not None, timeout, "service ready"
+            )
+            assert process.poll() is None, started.output()
+        yield started
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def marked(mark: str) -> set[int]:
+    """Live (not zombie) processes whose environment carries MARK=mark."""
+    needle = f"{MARK}={mark}".encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0") and alive(int(entry.name)):
+            found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def kill_quietly(pids: set[int]) -> None:
+    for pid in pids:
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
