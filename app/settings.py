@@ -112,6 +112,15 @@ class Settings(BaseSettings):
     console_interval_seconds: float = Field(
         default=1.0, ge=0.1, le=60, description="How often the console stream sends a snapshot."
     )
+    max_concurrent_runs: int | None = Field(
+        default=None, ge=1, description="Runs of the whole fleet at once; unset: no cap."
+    )
+    tenant_max_concurrent_runs: int | None = Field(
+        default=None, ge=1, description="Runs of one tenant at once; unset: no cap."
+    )
+    tenant_limits: dict[str, int] = Field(
+        default_factory=dict, description='JSON {"<tenant>": <max concurrent runs>, ...}'
+    )
     data_dir: Path = Field(default=Path(".leasegate-data"))
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
