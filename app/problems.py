@@ -94,9 +94,8 @@ UNREADABLE = Problem(422, "invalid-body", "Request body not readable")
 a 422, whatever part of it is wrong."""
 
 ECHO_LIMIT = 200
-"""Characters of any string a problem document carries that can echo input (names, ids,
-keys, messages); `detail` gets DETAIL_LIMIT. The rest is cut, marked by an ellipsis."""
-DETAIL_LIMIT = 500
+"""Characters of any string a problem document carries (names, ids, keys and messages can
+echo input); the rest is cut, marked by an ellipsis."""
 
 
 def capped(value: Any, limit: int = ECHO_LIMIT) -> Any:
@@ -124,7 +123,7 @@ def problem_response(
         "type": f"/problems/{problem.slug}",
         "title": problem.title,
         "status": problem.status,
-        "detail": capped(detail, DETAIL_LIMIT),
+        "detail": capped(detail),
         "instance": capped(request.url.path),
         **capped(extra),
     }

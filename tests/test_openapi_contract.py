@@ -72,7 +72,7 @@ def test_every_operation_has_a_summary_a_description_and_an_answer_model(
 
 def test_every_error_is_a_problem_document(app: FastAPI, document: dict[str, Any]) -> None:
     wrong = []
-    for name, route, operation in operations(app, document):
+    for name, _, operation in operations(app, document):
         responses = operation["responses"]
         takes_input = bool(operation.get("parameters") or operation.get("requestBody"))
         if takes_input and "422" not in responses:
@@ -102,6 +102,7 @@ def test_credentials_are_security_schemes_docs_can_send(
     }
     wrong = []
     seen = set()
+    expected: list[dict[str, list[str]]]
     for name, route, operation in operations(app, document):
         calls = {dependency.call for dependency in route.dependant.dependencies}
         if get_internal in calls:

@@ -25,9 +25,15 @@ class MessageIn(BaseModel):
     webhook: str | None = Field(
         default=None, min_length=1, max_length=2000, description="POSTed when the run ends."
     )
-    priority: int = Field(default=5, ge=0, le=9, description="Higher first for capacity.")
+    priority: int = Field(
+        default=5, ge=0, le=9, strict=True, description="Higher first for capacity."
+    )
     start_within_seconds: float | None = Field(
-        default=None, gt=0, le=MAX_START_WITHIN, description="Not started by then: `expired`."
+        default=None,
+        gt=0,
+        le=MAX_START_WITHIN,
+        strict=True,
+        description="Not started by then: `expired`.",
     )
 
 

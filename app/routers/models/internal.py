@@ -95,3 +95,10 @@ class AgentEventsOut(BaseModel):
 
 class StatusOut(BaseModel):
     status: str
+
+
+class CapacityOut(BaseModel):
+    resources: list[dict[str, Any]] = Field(
+        description="Each capped resource: its cap, holders (run, tenant, worker, since) and "
+        "waiters in grant order."
+    )

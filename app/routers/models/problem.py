@@ -23,7 +23,7 @@ class ProblemDocument(BaseModel):
     type: str = Field(description="`/problems/<slug>`, one per kind of problem.")
     title: str
     status: int = Field(ge=400, le=599, description="The HTTP status code of the answer.")
-    detail: str = Field(description="What went wrong; echoed input is cut to 200 characters.")
+    detail: str = Field(description="What went wrong (every string here is cut to 200 characters).")
     instance: str = Field(description="The request's path.")
     errors: list[ValidationIssue] | None = Field(
         default=None, description="422 `validation`: each invalid input."

@@ -1,0 +1,166 @@
+"""Schemathesis against a live server, from its own OpenAPI document.
+
+Every operation (but the streams, whose answers do not end) gets valid and invalid
+requests, with the tenant's API key on /v1 and the internal secret on /internal: no
+answer is a 5xx, every answer conforms to the documented status codes, media types and
+schemas, and a request answered with an error leaves Redis exactly as it was (every key
+and its content, but those that change while the server is idle: worker heartbeats).
+Derandomized, with few examples per operation, so a run is the same each time and short.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis.generation.modes import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from app.redis import as_text
+from app.redis.server import RedisServer, free_port
+from tests.support.servers import (
+    ACME,
+    API_KEYS,
+    INTERNAL,
+    INTERNAL_SECRET,
+    base_env,
+    server_process,
+    uvicorn_command,
+    write_agents_file,
+)
+from tests.support.waiting import wait_until_sync
+
+pytestmark = pytest.mark.multiprocess
+
+EXAMPLES = {GenerationMode.POSITIVE: 6, GenerationMode.NEGATIVE: 4}
+STREAMING = ("text/event-stream",)
+CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
+Snapshot = dict[bytes, Any]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, RedisServer]]:
+    folder = tmp_path_factory.mktemp("fuzz")
+    with RedisServer(folder / "redis", appendonly=False) as server:
+        env = base_env(
+            LEASEGATE_REDIS_URL=server.url,
+            LEASEGATE_AGENTS_FILE=str(write_agents_file(folder)),
+            LEASEGATE_API_KEYS=json.dumps(API_KEYS),
+            LEASEGATE_INTERNAL_SECRET=INTERNAL_SECRET,
+            LEASEGATE_LOG_LEVEL="WARNING",
+            LEASEGATE_LEASE_TTL_SECONDS="3",
+        )
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        with server_process(uvicorn_command(port, 1), env, folder / "server.log", url):
+            yield url, server
+
+
+def snapshot(client: redis.Redis, volatile: set[bytes]) -> Snapshot:
+    found: Snapshot = {}
+    for key in client.scan_iter(count=1000):
+        if key in volatile:
+            continue
+        kind = as_text(client.type(key))
+        reader: Callable[[bytes], Any] | None = {
+            "string": client.get,
+            "hash": client.hgetall,
+            "list": lambda k: client.lrange(k, 0, -1),
+            "set": client.smembers,
+            "zset": lambda k: client.zrange(k, 0, -1, withscores=True),
+            "stream": client.xrange,
+        }.get(kind)  # type: ignore[assignment]
+        found[key] = reader(key) if reader else kind
+    return found
+
+
+def volatile_keys(client: redis.Redis) -> set[bytes]:
+    """Keys whose content changes while nothing is asked of the server."""
+    first = snapshot(client, set())
+    changed: set[bytes] = set()
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        later = snapshot(client, set())
+        changed |= {k for k in first.keys() | later.keys() if first.get(k) != later.get(k)}
+        time.sleep(0.1)  # sampling the idle server's writes, not synchronising with it
+    return changed
+
+
+def settled(client: redis.Redis, volatile: set[bytes]) -> Snapshot:
+    """The keyspace once two reads in a row agree (runs admitted earlier have ended)."""
+    last: list[Snapshot] = [snapshot(client, volatile)]
+
+    def same() -> bool:
+        now = snapshot(client, volatile)
+        stable = now == last[0]
+        last[0] = now
+        return stable
+
+    wait_until_sync(same, 10.0, "the keyspace to settle")
+    return last[0]
+
+
+def credentials(path: str) -> dict[str, str]:
+    return INTERNAL if path.startswith("/internal") else ACME
+
+
+def test_the_live_api_conforms_to_its_document(live: tuple[str, RedisServer]) -> None:
+    url, server = live
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    client = redis.Redis.from_url(server.url)
+    volatile = volatile_keys(client)
+    operations = [
+        operation
+        for operation in (result.ok() for result in schema.get_all_operations())  # type: ignore[union-attr]
+        if not any(
+            media in STREAMING
+            for response in operation.definition.raw["responses"].values()
+            for media in response.get("content", {})
+        )
+    ]
+    assert len(operations) >= 20
+    failures: list[str] = []
+    for operation in operations:
+        for mode, count in EXAMPLES.items():
+
+            @settings(
+                max_examples=count,
+                derandomize=True,
+                database=None,
+                deadline=None,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def exercise(case: Any) -> None:
+                before = settled(client, volatile)
+                for name in ("Authorization", "X-Internal-Secret"):  # the scheme's, generated
+                    case.headers.pop(name, None)
+                response = case.call(base_url=url, headers=credentials(case.path), timeout=70)
+                where = f"{case.method} {case.formatted_path} -> {response.status_code}"
+                if response.status_code >= 500:
+                    failures.append(f"{where}: {response.text[:300]}")
+                if response.status_code >= 400 and snapshot(client, volatile) != before:
+                    failures.append(f"{where}: an error answer changed Redis")
+                try:
+                    case.validate_response(response, checks=CHECKS)
+                except AssertionError as exc:
+                    failures.append(f"{where}: {str(exc)[:600]}")
+
+            try:
+                exercise()
+            except Unsatisfiable:  # no input to get wrong (GET /healthz): nothing to negate
+                assert mode is GenerationMode.NEGATIVE, operation.label
+    client.close()
+    assert not failures, "\n".join(failures)
