@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -41,6 +42,46 @@ class Subscription:
     api_key: str | None = field(default=None, repr=False)
 
 
+class Inbox:
+    """Messages steered into a run while it goes on (`busy_policy: steer`), in the order
+    they arrived. Only agents that declare `accepts_steering = True` get messages steered
+    to them; such an agent reads its inbox between its steps: `take()` returns what came
+    since the last read (without waiting), `wait()` waits for the next message."""
+
+    def __init__(self) -> None:
+        self._messages: list[str] = []
+        self._read = 0
+        self._arrived = asyncio.Event()
+
+    @property
+    def delivered(self) -> int:
+        """How many messages arrived so far."""
+        return len(self._messages)
+
+    def deliver(self, index: int, text: str) -> bool:
+        """Message number `index` (1, 2, ... in arrival order) arrived; a repeat is
+        ignored. False when an earlier one is still missing (it must come first)."""
+        if index <= len(self._messages):
+            return True
+        if index > len(self._messages) + 1:
+            return False
+        self._messages.append(text)
+        self._arrived.set()
+        return True
+
+    def take(self) -> list[str]:
+        new = self._messages[self._read :]
+        self._read = len(self._messages)
+        self._arrived.clear()
+        return new
+
+    async def wait(self) -> list[str]:
+        while self._read == len(self._messages):
+            await self._arrived.wait()
+            self._arrived.clear()
+        return self.take()
+
+
 @dataclass(frozen=True, slots=True)
 class AgentRequest:
     agent_id: str
@@ -56,6 +97,11 @@ class AgentRequest:
     state: Callable[[], Awaitable[dict[str, Any]]] | None = None
     """Reads the session's agent state as the agent last left it (its `state_snapshot` and
     `state_delta` events, JSON Patch applied; `{}` at first); a callable, like `history`."""
+    inputs: tuple[str, ...] = ()
+    """A collect run's messages in order (`text` is them joined by blank lines); empty
+    for other runs."""
+    inbox: Inbox | None = None
+    """Messages steered into this run while it goes on (agents that accept steering)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +117,10 @@ class RunContext:
 
 
 class Agent(Protocol):
+    """An agent may also declare `accepts_steering = True` (a class attribute): messages
+    sent with `busy_policy: steer` while it runs are then put in its request's `inbox`
+    instead of waiting for a run of their own."""
+
     def stream(self, request: AgentRequest) -> AsyncIterator[str | RunEvent]:
         """Yield the reply as text deltas (and, if the agent has them, `RunEvent`s); raise
         AgentFailedError (or a subclass) on failure, SubscriptionFailureError when the

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Iterable
 from typing import Any, cast
 
 from app.agents.base import Agent
@@ -24,7 +25,7 @@ def load_python_agent(config: AgentConfig) -> Agent:
     target = _resolve(entrypoint, where)
     problem = _implements(target)
     if problem is None and not inspect.isclass(target):
-        return cast(Agent, target)
+        return _with_reload(cast(Agent, target), config, where)
     if not callable(target):
         raise AgentsConfigError(f"{where} names a {type(target).__name__} that {problem}")
     try:
@@ -36,7 +37,19 @@ def load_python_agent(config: AgentConfig) -> Agent:
         raise AgentsConfigError(f"{where}: the factory is async; it must return the agent")
     if (problem := _implements(built)) is not None:
         raise AgentsConfigError(f"{where} built a {type(built).__name__} that {problem}")
-    return cast(Agent, built)
+    return _with_reload(cast(Agent, built), config, where)
+
+
+def _with_reload(agent: Agent, config: AgentConfig, where: str) -> Agent:
+    """The agent, once its `reload_method` (if the file names one) is known to be an
+    `async def <name>(subscription)`."""
+    if config.reload_method is not None:
+        method = getattr(agent, config.reload_method, None)
+        if method is None or not inspect.iscoroutinefunction(method):
+            raise AgentsConfigError(
+                f"{where}: reload_method {config.reload_method!r} is not an async method"
+            )
+    return agent
 
 
 def _resolve(entrypoint: str, where: str) -> Any:
@@ -68,3 +81,13 @@ def _implements(candidate: object) -> str | None:
 
 def _described(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def accepts_steering(agent: object) -> bool:
+    """Whether `agent` declares that it reads steered messages (`accepts_steering = True`)."""
+    return getattr(agent, "accepts_steering", False) is True
+
+
+def steerable(agents: Iterable[tuple[str, object]]) -> frozenset[str]:
+    """The ids of the agents, of (id, agent) pairs, that accept steering."""
+    return frozenset(agent_id for agent_id, agent in agents if accepts_steering(agent))

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from app.sessions.models import BusyPolicy
 
 MAX_START_WITHIN = 7 * 24 * 3600.0
+MIN_COLLECT_MS, MAX_COLLECT_MS = 10, 60_000
 
 MetadataField = dict[str, Any]
 """Free JSON for the agent; its size is checked where it is serialised, at admission."""
@@ -35,6 +36,13 @@ class MessageIn(BaseModel):
         strict=True,
         description="Not started by then: `expired`.",
     )
+    collect_ms: int | None = Field(
+        default=None,
+        strict=True,
+        ge=MIN_COLLECT_MS,
+        le=MAX_COLLECT_MS,
+        description="`collect`: how long to wait for more messages (default: the session's).",
+    )
 
 
 class BulkCancelIn(BaseModel):
@@ -58,4 +66,11 @@ class BulkCancelIn(BaseModel):
 class SessionDefaultsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    busy_policy: BusyPolicy
+    busy_policy: BusyPolicy | None = None
+    collect_ms: int | None = Field(default=None, ge=MIN_COLLECT_MS, le=MAX_COLLECT_MS, strict=True)
+
+    @model_validator(mode="after")
+    def _something(self) -> SessionDefaultsIn:
+        if self.busy_policy is None and self.collect_ms is None:
+            raise ValueError("give busy_policy, collect_ms or both")
+        return self

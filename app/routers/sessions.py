@@ -27,6 +27,7 @@ from app.routers.models.sessions import (
 from app.routers.schemas import MessageIn, SessionDefaultsIn
 from app.sessions.models import Admission, NewRun
 from app.sessions.service import Submitted
+from app.subscriptions.exhausted import retry_after
 from app.webhooks.targets import webhook_for
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
@@ -89,6 +90,7 @@ async def post_message(
         webhook=webhook_for(resources.settings, body.webhook),
         priority=body.priority,
         start_within_seconds=body.start_within_seconds,
+        collect_ms=body.collect_ms,
     )
     submitted = await resources.sessions.submit(session, new)
     admission = submitted.admission
@@ -99,7 +101,8 @@ async def post_message(
             waiting = cancel_on_disconnect(call, admission.run_id, waiting, request)
         ended = await waiting
         if ended is not None:
-            return JSONResponse(ended | extra, status_code=200)
+            headers = await retry_after(resources.subscriptions, ended)  # subscriptions_exhausted
+            return JSONResponse(ended | extra, status_code=200, headers=headers)
     return JSONResponse(
         {
             "run_id": admission.run_id,
@@ -189,8 +192,9 @@ async def get_session(call: SessionDep) -> dict[str, Any]:
     responses=answers(SessionOut, 404),
 )
 async def set_session_defaults(body: SessionDefaultsIn, call: SessionDep) -> dict[str, Any]:
-    """The session's default busy policy, for messages that name none."""
-    await call.resources.control.set_default_policy(call.session, body.busy_policy)
+    """The session's default busy policy and collect_ms, for messages that name none."""
+    policy = body.busy_policy.value if body.busy_policy else None
+    await call.resources.control.set_defaults(call.session, policy, body.collect_ms)
     return (await call.resources.reads.view(call.session)).public()
 
 

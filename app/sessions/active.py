@@ -13,6 +13,7 @@ import jsonpatch
 import jsonpointer
 
 from app.agents import RunEvent
+from app.agents.base import Inbox
 from app.errors import AgentFailedError
 from app.sessions.deltas import STATE_ITEM, DeltaBuffer
 from app.sessions.models import Run
@@ -34,6 +35,9 @@ class ActiveRun:
     read_state: Callable[[], Awaitable[dict[str, Any]]] | None = None
     state: dict[str, Any] | None = None
     """The session's agent state as this run left it so far (None: not read yet)."""
+    inbox: Inbox = field(default_factory=Inbox)
+    """Messages steered into the run (`app/sessions/steering.py` delivers them)."""
+    catching_up: asyncio.Task[None] | None = None
 
     @property
     def replied(self) -> bool:

@@ -25,6 +25,7 @@ from app.errors import (
 )
 from app.keys import ACTIVE_SESSIONS, WEBHOOK_SESSIONS
 from app.redis import as_text, guarded, is_cluster
+from app.sessions.busy import LUA as BUSY_LUA
 from app.sessions.lua import Code, Limits, Script, decode_run_pair
 from app.sessions.models import Admission, NewRun, Run, RunStatus, StartedHold
 from app.sessions.ref import SessionRef
@@ -38,14 +39,22 @@ MAX_METADATA_BYTES = 8 * 1024
 #   resolve an admission whose reply never came: answer as it did if it ran, else make sure
 #   it never will (a tombstone under its run id) and answer {ABORTED}, ARGV[8] the URL
 #   owed a completion webhook ('' for none), ARGV[9] how long the run may wait to start,
-#   in ms ('' for as long as it takes: past it, a queued run ends `expired`)
+#   in ms ('' for as long as it takes: past it, a queued run ends `expired`), ARGV[10] the
+#   message's collect_ms ('' for the session's default, else DEFAULT_COLLECT_MS), ARGV[11]
+#   the agents that accept steering, comma-framed (",a,b,"; "," for none)
 # Returns, to the first call and to any re-send of it (same run id and token):
-#   {STARTED, position, first run's two fields}: the caller holds the lease and must run
-#     `first` (the new run, or the head of a queue a lost holder left behind);
+#   {STARTED, position, first run's two fields, the new run's disposition}: the caller
+#     holds the lease and must run `first` (the new run, or the head of a queue a lost
+#     holder left behind), or wait for it when it is a collect run still collecting
+#     (status queued, `wait_ms` in its state field);
 #   {QUEUED, position, active run id, disposition, superseded run ids...};
+#   {STEERED, running run id, 0}, {COLLECTED, collect run id, position}: the message
+#     went into that run;
 #   {DUPLICATE, the existing run's two fields};
 #   {REJECTED, active run id}; {QUEUE_FULL, queue length}
-ADMIT = """
+ADMIT = (
+    BUSY_LUA
+    + """
 -- What `policy` does to the run in progress: status it is stopped with, reason prefix,
 -- the field naming it on the new run.
 local CUTS = {
@@ -76,15 +85,21 @@ local function main()
   if mine then
     -- This very call already ran and its reply was lost: answer as it did.
     if mine.status == 'aborted' then return {ABORTED} end
-    local active = redis.call('HGET', K_STATE, 'active_run') or ''
+    local state = redis.call('HMGET', K_STATE, 'active_run', 'waiting')
+    local active, waiting = state[1] or '', state[2] or ''
     local index = redis.call('LPOS', K_QUEUE, run_id)
-    if redis.call('GET', K_LEASE) == token and active ~= '' then
+    if redis.call('GET', K_LEASE) == token and (active ~= '' or waiting ~= '') then
       local position = 0
       if index then position = index + 1 end
-      return append({STARTED, position}, flat(active, load_run(active)))
+      local first = active
+      if first == '' then first = waiting end
+      return append(append({STARTED, position}, flat_next(first, load_run(first), now_us())),
+                    {mine.disposition})
     end
     return queued_answer(index and index + 1 or 0, active, mine)
   end
+  local merged = redis.call('HGET', K_RUNS, 'in:' .. run_id)
+  if merged then return merged_answer(merged) end
   if ARGV[7] == '1' then
     local now = now_us()
     save_run(run_id, {status = 'aborted', created_at = now})
@@ -95,25 +110,43 @@ local function main()
     local existing = redis.call('HGET', K_RUNS, 'idem:' .. digest)
     local run = existing and load_run(existing)
     if run then return append({DUPLICATE}, flat(existing, run)) end
+    merged = existing and redis.call('HGET', K_RUNS, 'in:' .. existing)
+    if merged then return merged_answer(merged) end
   end
   local state = redis.call('HMGET', K_STATE, 'generation', 'active_run', 'stop_run',
-                           'default_policy')
+                           'default_policy', 'default_collect_ms')
   local generation, active = state[1] or '1', state[2] or ''
   local policy = ARGV[3]
   if policy == '' then policy = state[4] or DEFAULT_POLICY end
+  local now = now_us()
+  local asked = nil
+  if policy == 'collect' or policy == 'steer' then
+    asked = cjson.decode(ARGV[6])
+    if policy == 'collect' then
+      local joined = join(run_id, asked, digest, now)
+      if joined then return joined end
+    end
+  end
   local granted = redis.call('SET', K_LEASE, token, 'NX', 'PX', LEASE_TTL_MS)
   if not granted then
     if policy == 'reject' then return {REJECTED, active} end
+    if policy == 'steer' then
+      local steered = steer(run_id, asked, active, ARGV[11], digest, now)
+      if steered then return steered end
+    end
     local length = redis.call('LLEN', K_QUEUE)
     if length >= QUEUE_CAP and policy ~= 'latest' then return {QUEUE_FULL, length} end
   end
-  local now = now_us()
   forget_expired(now)
   local run = {status = 'queued', created_at = now, generation = generation, attempt = '1',
                policy = policy}
   if ARGV[8] ~= '' then run.webhook = ARGV[8] end
   if ARGV[9] ~= '' then
     run.start_by = string.format('%.0f', tonumber(now) + tonumber(ARGV[9]) * 1000)
+  end
+  if policy == 'collect' then
+    local collect_ms = tonumber(ARGV[10] ~= '' and ARGV[10] or state[5] or DEFAULT_COLLECT_MS)
+    begin_collect(run, asked, collect_ms, now)
   end
   if digest ~= '' then
     run.idem = digest
@@ -124,7 +157,7 @@ local function main()
   redis.call('ZADD', K_ORDER, now, run_id)
   emit('queued', run_id, '')
   if not granted then
-    run.disposition = 'queued'
+    run.disposition = run.disposition or 'queued'
     if policy == 'latest' then supersede_queue(run_id, run, now) end
     local cut = CUTS[policy]
     if cut then
@@ -150,27 +183,32 @@ local function main()
   if policy == 'latest' then supersede_queue(run_id, run, now) end
   local stop_pending = active == '' and state[3]
   local holding = {'holder', holder, 'generation', generation, 'held_since', now}
-  if redis.call('LLEN', K_QUEUE) == 0 then
+  if redis.call('LLEN', K_QUEUE) == 0 and policy ~= 'collect' then
     run.disposition = 'started'
     start(run_id, run, now, holder, holding, stop_pending)
     retain()
-    return append({STARTED, 0}, flat(run_id, run, ARGV[6]))
+    return append(append({STARTED, 0}, flat(run_id, run, ARGV[6])), {run.disposition})
   end
   redis.call('HSET', K_STATE, unpack(holding))
-  run.disposition = 'queued'
+  run.disposition = run.disposition or 'queued'
   save_run(run_id, run)
   note_start_by(run)
   local position = redis.call('RPUSH', K_QUEUE, run_id) - 1
   local first_id, first = pop_next(now, holder, stop_pending)
+  if first_id == run_id then position = 0 end
   retain()
-  return append({STARTED, position}, flat(first_id, first))
+  return append(append({STARTED, position}, flat_next(first_id, first, now)), {run.disposition})
 end
 """
+)
 
 
 class Admissions:
-    def __init__(self, redis: Redis, limits: Limits, *, worker: str) -> None:
+    def __init__(
+        self, redis: Redis, limits: Limits, *, worker: str, steerable: frozenset[str] = frozenset()
+    ) -> None:
         self._redis = redis
+        self._steerable = ",".join(["", *sorted(steerable), ""])
         self._timeout = limits.call_timeout
         self._script = Script(redis, ADMIT, limits, name="admit")
         self._queue_cap = limits.queue_cap
@@ -228,6 +266,8 @@ class Admissions:
             "1" if resolve else "0",
             new.webhook or "",
             start_within_ms,
+            new.collect_ms or "",
+            self._steerable,
         ]
         sent = asyncio.get_running_loop().time()
         reply = await self._indexed(session, session.keys.all, args, webhook=bool(new.webhook))
@@ -241,17 +281,25 @@ class Admissions:
             return None
         if code == Code.STARTED:
             first = Run.from_record(decode_run_pair(reply[2], reply[3]))
-            status = RunStatus.RUNNING if first.run_id == run_id else RunStatus.QUEUED
-            disposition = "started" if first.run_id == run_id else "queued"
+            mine = first.run_id == run_id
+            running = mine and first.status is RunStatus.RUNNING
             hold = StartedHold(token, sent, first)
-            superseded = first.superseded_run_ids if first.run_id == run_id else []
             return Admission(
                 run_id,
-                status,
+                RunStatus.RUNNING if running else RunStatus.QUEUED,
                 int(reply[1]),
                 start=hold,
-                disposition=disposition,
-                superseded_run_ids=superseded,
+                disposition=as_text(reply[4]),
+                superseded_run_ids=first.superseded_run_ids if mine else [],
+            )
+        if code in (Code.STEERED, Code.COLLECTED):
+            # The message went into another run: the answer names that run.
+            into = as_text(reply[1])
+            return Admission(
+                into,
+                RunStatus.RUNNING if code == Code.STEERED else RunStatus.QUEUED,
+                int(reply[2]),
+                disposition="steered" if code == Code.STEERED else "collected",
             )
         if code == Code.QUEUED:
             disposition = as_text(reply[3])

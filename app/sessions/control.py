@@ -56,6 +56,14 @@ local function end_active(error, now, reason)
   return nil
 end
 
+-- The holder may be waiting for a collect run that has just been cancelled: tell it to
+-- stop waiting (if the message is lost, it stops when its wait ends anyway).
+local function wake_waiting(reason)
+  local waiting = redis.call('HGET', K_STATE, 'waiting') or ''
+  local run = waiting ~= '' and load_run(waiting)
+  if run and run.status ~= 'queued' then signal_holder(waiting, reason) end
+end
+
 -- End every run of the session: the queued ones, then the active one.
 local function end_all(error, now, reason)
   local ended = cancel_queue(error, now, reason)
@@ -80,6 +88,7 @@ local function main()
   if run.status == 'queued' then
     redis.call('LREM', K_QUEUE, 0, run_id)
     finish_run(run_id, 'cancelled', 'cancelled by request', now_us(), ARGV[2])
+    wake_waiting('cancelled:' .. ARGV[2])
     return answer({CANCELLED})
   end
   if run.status == 'running' then
@@ -107,6 +116,7 @@ local function main()
     kept = redis.call('LRANGE', K_QUEUE, 0, -1)
   else
     cancelled = cancel_queue('session stopped', now_us(), 'stop')
+    wake_waiting('cancelled:stop')
   end
   local active = redis.call('HGET', K_STATE, 'active_run') or ''
   if active ~= '' and request_stop(active, 'cancelled', 'stop') then
@@ -128,11 +138,12 @@ local function main()
   if redis.call('EXISTS', K_STATE) == 0 then return {NOT_FOUND} end
   local now = now_us()
   local cancelled = end_all('session reset', now, 'reset')
+  wake_waiting('reset:reset')
   redis.call('DEL', K_LEASE, K_TRANSCRIPT)
   redis.call('HINCRBY', K_STATE, 'fence', 1)
   local generation = redis.call('HINCRBY', K_STATE, 'generation', 1)
   if generation == 1 then generation = redis.call('HINCRBY', K_STATE, 'generation', 1) end
-  redis.call('HSET', K_STATE, 'active_run', '')
+  redis.call('HSET', K_STATE, 'active_run', '', 'waiting', '')
   redis.call('HDEL', K_STATE, 'agent_state')  -- a new conversation: the agent starts afresh
   clear_stop()
   retain()
@@ -155,6 +166,7 @@ local function main()
   if redis.call('EXISTS', K_STATE) == 0 then return {NOT_FOUND} end
   local now = now_us()
   local cancelled = end_all('session deleted', now, 'deleted')
+  wake_waiting('reset:deleted')
   redis.call('DEL', K_LEASE, K_STATE, K_QUEUE, K_RUNS, K_ORDER, K_TRANSCRIPT, K_EVENTS,
              K_OUTBOX, K_OUTBOX_DUE)
   last_event = nil  -- nothing to announce on a stream that is gone
@@ -165,12 +177,14 @@ end
 
 
 # KEYS: SessionKeys.all
-# ARGV[1] the session's default busy policy
+# ARGV[1] the session's default busy policy ('' to leave it), ARGV[2] its default
+#   collect_ms ('' to leave it)
 # Returns {NOT_FOUND} for a session that does not exist; else {OK}
 DEFAULTS = """
 local function main()
   if redis.call('EXISTS', K_STATE) == 0 then return {NOT_FOUND} end
-  redis.call('HSET', K_STATE, 'default_policy', ARGV[1])
+  if ARGV[1] ~= '' then redis.call('HSET', K_STATE, 'default_policy', ARGV[1]) end
+  if ARGV[2] ~= '' then redis.call('HSET', K_STATE, 'default_collect_ms', ARGV[2]) end
   return {OK}
 end
 """
@@ -197,8 +211,11 @@ class Control:
     def scripts(self) -> list[Script]:
         return [self._cancel, self._stop, self._reset, self._delete, self._defaults]
 
-    async def set_default_policy(self, session: SessionRef, policy: str) -> None:
-        reply = await self._defaults(session.keys.all, [policy])
+    async def set_defaults(
+        self, session: SessionRef, policy: str | None, collect_ms: int | None = None
+    ) -> None:
+        """The session's default busy policy and collect_ms (None: left as they are)."""
+        reply = await self._defaults(session.keys.all, [policy or "", collect_ms or ""])
         if Code(reply[0]) == Code.NOT_FOUND:
             raise SessionNotFoundError(session.session_id)
 

@@ -31,13 +31,16 @@ from app.errors import (
 )
 from app.locks import Lease
 from app.metrics import Metrics
+from app.sessions import steering
 from app.sessions.active import ActiveRun
+from app.sessions.collecting import await_collect
 from app.sessions.control import Control
 from app.sessions.deltas import DeltaBuffer
 from app.sessions.models import Run, RunStatus, StartedHold
 from app.sessions.reads import Reads
 from app.sessions.ref import SessionRef
 from app.sessions.renewal import Held, Renewals
+from app.sessions.requeue import Requeues
 from app.sessions.waiters import Waiters
 from app.sessions.writes import AfterFinish, Finished, HolderWrites
 
@@ -50,6 +53,7 @@ STOP_STATUS = {
     "interrupted": RunStatus.INTERRUPTED,
     "timed_out": RunStatus.TIMED_OUT,
     "rolled_back": RunStatus.ROLLED_BACK,
+    "requeued": RunStatus.QUEUED,  # put back at the head of the queue (`requeue.py`)
 }
 
 
@@ -92,6 +96,8 @@ class HolderDeps:
     """The stop signal that reached this worker before the run it names started here."""
     closing: Callable[[], bool]
     gates: list[StartGate] = field(default_factory=list)
+    requeues: Requeues | None = None
+    """Writes a run stopped as "requeued:<why>" back at the head of its queue."""
 
 
 async def hold(deps: HolderDeps, session: SessionRef, hold: StartedHold) -> None:
@@ -106,26 +112,22 @@ async def hold(deps: HolderDeps, session: SessionRef, hold: StartedHold) -> None
     )
     current: list[ActiveRun] = []
 
-    def on_stop(run_id: str, reason: str) -> None:
-        active = deps.active.get(run_id)
-        if active is not None and active.stop_reason is None:
-            log.info(
-                "session %s: stop request for run %s read by the renewal",
-                session.session_id,
-                run_id,
-            )
-            active.stop(reason)
+    on_stop = functools.partial(_on_stop, deps, session)
 
     def on_lost(_: LeaseLostError) -> None:
         for active in current:
             active.stop("lost")
 
-    held = Held(session, lease, on_stop, on_lost)
+    on_steered = functools.partial(steering.renewed, deps.active, deps.reads)
+    held = Held(session, lease, on_stop, on_lost, on_steered=on_steered)
     deps.renewals.add(held)
     logs.replace(tenant=session.tenant, session=session.session_id, fence=lease.fence)
     try:
         run: Run | None = first
         while run is not None:
+            if run.wait_ms is not None:  # a collect run still collecting
+                run = await await_collect(deps, session, held, run, current)
+                continue
             lease.fence = run.fence or lease.fence
             outcome = await _execute(deps, session, held, run, current)
             if outcome is None:
@@ -135,12 +137,24 @@ async def hold(deps: HolderDeps, session: SessionRef, hold: StartedHold) -> None
             if after is None:
                 deps.waiters.wake(run.run_id)
                 return
-            deps.waiters.deliver(after.ended)
+            if after.ended.status.terminal:
+                deps.waiters.deliver(after.ended)
             run = after.next_run
             if run is None and after.queued:
                 await _wake_another(deps, session, after.queued)
     finally:
         deps.renewals.discard(held)
+
+
+def _on_stop(deps: HolderDeps, session: SessionRef, run_id: str, reason: str) -> None:
+    active = deps.active.get(run_id)
+    if active is not None and active.stop_reason is None:
+        log.info(
+            "session %s: stop request for run %s read by the renewal",
+            session.session_id,
+            run_id,
+        )
+        active.stop(reason)
 
 
 async def _execute(
@@ -230,9 +244,12 @@ async def _finish(
     deps: HolderDeps, session: SessionRef, lease: Lease, run: Run, outcome: Finished
 ) -> AfterFinish | None:
     loop = asyncio.get_running_loop()
+    write = deps.writes.finish
+    if outcome.status is RunStatus.QUEUED and deps.requeues is not None:
+        write = deps.requeues.requeue
     while True:
         try:
-            after = await deps.writes.finish(session, lease, run, outcome, release=deps.closing())
+            after = await write(session, lease, run, outcome, release=deps.closing())
         except LeaseNotOwnedError:
             deps.metrics.stale_writes.inc()
             log.warning(
@@ -253,7 +270,8 @@ async def _finish(
                 return None
             await asyncio.sleep(FINISH_RETRY_DELAY)
             continue
-        deps.metrics.runs_finished.labels(outcome.status.value).inc()
+        if outcome.status.terminal:
+            deps.metrics.runs_finished.labels(outcome.status.value).inc()
         return after
 
 

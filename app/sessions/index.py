@@ -29,13 +29,15 @@ from app.sessions.ref import SessionRef
 # long with the run before it).
 # Returns {BUSY} while a holder has the lease; {IDLE} with nothing to do;
 #   {STARTED, 0, first run's two fields} when the caller now holds the session (also to a
-#   re-send of a call that took it: the lease holds this call's token).
+#   re-send of a call that took it: the lease holds this call's token); the first run may
+#   be a collect run still collecting, which the caller waits for (status queued).
 RECOVER = """
 local function main()
   local holder = redis.call('GET', K_LEASE)
   if holder == ARGV[1] then
-    local active = redis.call('HGET', K_STATE, 'active_run') or ''
-    if active ~= '' then return append({STARTED, 0}, flat(active, load_run(active))) end
+    local state = redis.call('HMGET', K_STATE, 'active_run', 'waiting')
+    local first = (state[1] or '') ~= '' and state[1] or state[2] or ''
+    if first ~= '' then return append({STARTED, 0}, flat_next(first, load_run(first), now_us())) end
   end
   if holder then
     expire_queue(now_us())
@@ -53,7 +55,7 @@ local function main()
     return {IDLE}
   end
   retain()
-  return append({STARTED, 0}, flat(first_id, first))
+  return append({STARTED, 0}, flat_next(first_id, first, now))
 end
 """
 

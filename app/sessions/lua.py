@@ -44,6 +44,8 @@ class Code(IntEnum):
     BUSY = 14
     IDLE = 15
     ABORTED = 16
+    STEERED = 17
+    COLLECTED = 18
 
 
 EVENTS_MAX_LENGTH = 1000
@@ -195,7 +197,7 @@ local function start(run_id, run, now, holder, extra, stop_pending)
   run.status, run.started_at, run.fence, run.worker = 'running', now, tostring(fence), holder
   save_run(run_id, run)
   redis.call('HSET', K_STATE, 'active_run', run_id, 'sent', 0, 'batch', 0, 'confirmed', '',
-             unpack(extra or {}))
+             'waiting', '', 'steered', 0, unpack(extra or {}))
   if stop_pending then clear_stop() end
   emit('started', run_id, '')
   return run_id, run
@@ -240,23 +242,59 @@ local function expire_queue(now)
   end
 end
 
+-- How long a collect run still collects (ms), or nil when it may start: no earlier than
+-- its collect_ms after the last message joined it, no later than 10 x collect_ms after
+-- the first (`start_at` holds the earlier of the two).
+local function collecting(run, now)
+  if not run.start_at then return nil end
+  local left = math.ceil((tonumber(run.start_at) - tonumber(now)) / 1000)
+  if left <= 0 then return nil end
+  return left
+end
+
+-- A collect run the holder waits for, as replies carry it: its two fields, the state one
+-- with the wait in ms (not stored).
+local function flat_waiting(run_id, run, now)
+  local shown = cjson.decode(cjson.encode(run))
+  shown.wait_ms = tostring(collecting(run, now) or 0)
+  return {redis.call('HGET', K_RUNS, run_id), cjson.encode(shown)}
+end
+
 -- Start the next queued run, or note that none is left; a run past its start deadline
--- ends `expired` instead of starting.
+-- ends `expired` instead of starting. A collect run at the head that still collects stays
+-- queued, and the holder keeps the session and waits for it (`waiting`): the third value
+-- returned is then the wait in ms. Joining and starting are both decided in scripts, so a
+-- message joins a collect run exactly when the run has not started.
 local function pop_next(now, holder, stop_pending)
   while true do
-    local run_id = redis.call('LPOP', K_QUEUE)
+    local run_id = redis.call('LINDEX', K_QUEUE, 0)
     if not run_id then
-      redis.call('HSET', K_STATE, 'active_run', '')
+      redis.call('HSET', K_STATE, 'active_run', '', 'waiting', '')
       return nil
     end
     local run = load_run(run_id)
-    if run and run.status == 'queued' then
-      if not past(run.start_by, now) then
-        return start(run_id, run, now, holder, nil, stop_pending)
+    if run and run.status == 'queued' and not past(run.start_by, now) then
+      local wait = collecting(run, now)
+      if wait then
+        redis.call('HSET', K_STATE, 'active_run', '', 'waiting', run_id)
+        if stop_pending then clear_stop() end
+        return run_id, run, wait
       end
+      redis.call('LPOP', K_QUEUE)
+      return start(run_id, run, now, holder, nil, stop_pending)
+    end
+    redis.call('LPOP', K_QUEUE)
+    if run and run.status == 'queued' then
       finish_run(run_id, 'expired', EXPIRED, now, 'expired')
     end
   end
+end
+
+-- The pair a reply carries for the run a holder goes on with: the one it runs, or the
+-- collect run it waits for (with the wait).
+local function flat_next(run_id, run, now)
+  if run.status == 'queued' then return flat_waiting(run_id, run, now) end
+  return flat(run_id, run)
 end
 
 -- Ask the holder to stop the active run with `status` (cancelled, interrupted), saying
@@ -282,6 +320,9 @@ local function forget_expired(now)
     if not run or (run.status ~= 'queued' and run.status ~= 'running') then
       redis.call('HDEL', K_RUNS, id, id .. ':s')
       if run and run.idem then redis.call('HDEL', K_RUNS, 'idem:' .. run.idem) end
+      for _, message in ipairs(run and run.joined or {}) do
+        redis.call('HDEL', K_RUNS, 'in:' .. message)
+      end
       redis.call('ZREM', K_ORDER, id)
     end
   end

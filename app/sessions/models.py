@@ -33,6 +33,8 @@ class BusyPolicy(StrEnum):
     REJECT = "reject"
     LATEST = "latest"
     ROLLBACK = "rollback"
+    STEER = "steer"
+    COLLECT = "collect"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,9 @@ class NewRun:
     """0-9, higher first where runs wait for the same capacity."""
     start_within_seconds: float | None = None
     """A run not started this long after its admission ends `expired`."""
+    collect_ms: int | None = None
+    """`collect`: how long a collect run waits for more messages (None: the session's
+    default, else 1500)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +94,14 @@ class Run:
     start_by: int | None = None
     """When a run not started yet ends `expired` (microseconds on Redis' clock: created_at
     + start_within_seconds); None: it may wait as long as it takes."""
+    inputs: list[str] = field(default_factory=list)
+    """A collect run's messages, in order (its `input` is them joined by blank lines)."""
+    collect_ms: int | None = None
+    steered_inputs: list[str] = field(default_factory=list)
+    """Messages steered into the run while it ran, in arrival order."""
+    wait_ms: int | None = None
+    """A collect run its holder is to wait for: how long, as the script that returned it
+    saw it (not stored)."""
     waiting_for: str | None = None
     """While a started run waits for a capacity slot (then shown `queued`): agent_capacity,
     subscription_capacity, tenant_capacity or fleet_capacity."""
@@ -102,6 +115,7 @@ class Run:
             return int(value) if value else None
 
         timeout_ms = fields.get("timeout_ms")
+        inputs = [str(text) for text in fields.get("inputs") or []]
         status = RunStatus(fields["status"])
         waiting_for = fields.get("waiting_for") if status == RunStatus.RUNNING else None
         return cls(
@@ -109,7 +123,7 @@ class Run:
             tenant=fields["tenant"],
             session_id=fields["session_id"],
             status=RunStatus.QUEUED if waiting_for else status,
-            input=fields.get("input", ""),
+            input="\n\n".join(inputs) if inputs else fields.get("input", ""),
             agent_id=fields.get("agent_id", ""),
             metadata=fields.get("metadata") or {},
             generation=int(fields.get("generation") or 1),
@@ -132,6 +146,10 @@ class Run:
             priority=int(fields["priority"]) if fields.get("priority") not in (None, "") else 5,
             start_by=number("start_by"),
             waiting_for=waiting_for or None,
+            inputs=inputs,
+            collect_ms=number("collect_ms"),
+            steered_inputs=[str(text) for text in fields.get("steered_inputs") or []],
+            wait_ms=number("wait_ms"),
         )
 
     def public(self) -> dict[str, Any]:
@@ -162,6 +180,9 @@ class Run:
             "priority": self.priority,
             "start_by": _iso(self.start_by),
             "waiting_for": self.waiting_for,
+            "inputs": self.inputs,
+            "collect_ms": self.collect_ms,
+            "steered_inputs": self.steered_inputs,
         }
 
 
@@ -219,6 +240,8 @@ class SessionView:
     last_error: str | None
     default_busy_policy: str
     agent_state: dict[str, Any] = field(default_factory=dict)
+    default_collect_ms: int | None = None
+    """Shown when set by PATCH (else collect runs wait 1500 ms)."""
 
     def public(self) -> dict[str, Any]:
         busy = self.holder is not None or self.active_run is not None or bool(self.queued)
@@ -241,7 +264,7 @@ class SessionView:
             "last_error": self.last_error,
             "default_busy_policy": self.default_busy_policy,
             "agent_state": self.agent_state,
-        }
+        } | ({"default_collect_ms": self.default_collect_ms} if self.default_collect_ms else {})
 
 
 def _iso(epoch_us: int | None) -> str | None:

@@ -65,15 +65,24 @@ class Reads:
             "last_error",
             "default_policy",
             "agent_state",
+            "default_collect_ms",
         ]
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.pttl(keys.lease.lease)
             pipe.hmget(keys.state, fields)
             pipe.lrange(keys.queue, 0, -1)
             pttl, state, queued = await self._call(pipe.execute())
-        generation, active_id, holder, fence, held_since, last_error, default, agent_state = (
-            as_text(v) if v is not None else None for v in state
-        )
+        (
+            generation,
+            active_id,
+            holder,
+            fence,
+            held_since,
+            last_error,
+            default,
+            agent_state,
+            collect_ms,
+        ) = (as_text(v) if v is not None else None for v in state)
         if generation is None:
             raise SessionNotFoundError(session.session_id)
         ids = [active_id] if active_id else []
@@ -93,6 +102,7 @@ class Reads:
             last_error=last_error or None,
             default_busy_policy=default or self._default_policy,
             agent_state=json.loads(agent_state) if agent_state else {},
+            default_collect_ms=int(collect_ms) if collect_ms else None,
         )
 
     async def _runs(self, session: SessionRef, run_ids: list[str]) -> list[Run]:

@@ -38,10 +38,11 @@ CONFIRM_DELAY = 0.05
 
 # KEYS: for each session, its lease, state, runs and order
 # ARGV: for each session, the holder's token and the run whose start to confirm ('' none)
-# Returns, for each session in turn, three values: {OK, stop run id, stop reason} with the
-#   lease's TTL reset and the session's data kept (its fence and the records of its runs
-#   must not expire while it is held), or {NOT_OWNED, '', ''} when the token no longer
-#   holds the lease (nothing written).
+# Returns, for each session in turn, five values: {OK, stop run id, stop reason, active
+#   run id, how many messages were steered into it} with the lease's TTL reset and the
+#   session's data kept (its fence and the records of its runs must not expire while it
+#   is held), or {NOT_OWNED, '', '', '', '0'} when the token no longer holds the lease
+#   (nothing written).
 RENEW = """
 local function main()
   local out = {}
@@ -49,15 +50,16 @@ local function main()
     local lease, state = KEYS[i * 4 - 3], KEYS[i * 4 - 2]
     local token, confirm = ARGV[i * 2 - 1], ARGV[i * 2]
     if redis.call('GET', lease) ~= token then
-      append(out, {NOT_OWNED, '', ''})
+      append(out, {NOT_OWNED, '', '', '', '0'})
     else
       redis.call('PEXPIRE', lease, LEASE_TTL_MS)
       for k = i * 4 - 2, i * 4 do redis.call('PEXPIRE', KEYS[k], RETENTION_MS) end
-      local found = redis.call('HMGET', state, 'active_run', 'stop_run', 'stop')
+      local found = redis.call('HMGET', state, 'active_run', 'stop_run', 'stop', 'steered')
       if confirm ~= '' and found[1] == confirm then
         redis.call('HSET', state, 'confirmed', confirm)
       end
       append(out, {OK, found[2] or '', found[3] or ''})
+      append(out, {found[1] or '', found[4] or '0'})
     end
   end
   return out
@@ -66,6 +68,9 @@ end
 
 OnStop = Callable[[str, str], None]
 OnLost = Callable[[LeaseLostError], None]
+OnSteered = Callable[[str, int], None]
+Renewed = tuple[Code, str, str, str, int]
+"""A renewal's answer: code, stop run, stop reason, active run, messages steered into it."""
 
 
 @dataclass(eq=False)
@@ -78,6 +83,8 @@ class Held:
     on_lost: OnLost
     confirm: str = ""
     lost: LeaseLostError | None = field(default=None)
+    on_steered: OnSteered | None = None
+    """Told the active run and how many messages were steered into it, at each renewal."""
 
 
 class Renewals:
@@ -169,8 +176,10 @@ class Renewals:
             self._metrics.lease_renewals.labels("error").inc(len(live))
             log.warning("session renewals failed for %d lease(s), retrying: %r", len(live), exc)
             return False
-        for held, (code, stop_run, reason) in zip(live, replies, strict=True):
+        for held, (code, stop_run, reason, active, steered) in zip(live, replies, strict=True):
             self._settle(held, code, stop_run, reason, now)
+            if code == Code.OK and steered and held.on_steered is not None:
+                held.on_steered(active, steered)
         return True
 
     def _settle(self, held: Held, code: Code, stop_run: str, reason: str, sent: float) -> None:
@@ -187,7 +196,7 @@ class Renewals:
         if stop_run:
             held.on_stop(stop_run, reason)
 
-    async def _call(self, live: list[Held]) -> list[tuple[Code, str, str]]:
+    async def _call(self, live: list[Held]) -> list[Renewed]:
         if is_cluster(self._redis):
             replies = await asyncio.gather(*(self._batch([h]) for h in live))
         else:
@@ -195,7 +204,7 @@ class Renewals:
             replies = await asyncio.gather(*(self._batch(chunk) for chunk in chunks))
         return [item for reply in replies for item in reply]
 
-    async def _batch(self, chunk: list[Held]) -> list[tuple[Code, str, str]]:
+    async def _batch(self, chunk: list[Held]) -> list[Renewed]:
         keys: list[str] = []
         args: list[Any] = []
         for held in chunk:
@@ -204,8 +213,14 @@ class Renewals:
             args += [held.lease.token, held.confirm]
         flat = await self._script(keys, args)
         return [
-            (Code(flat[i]), as_text(flat[i + 1]), as_text(flat[i + 2]))
-            for i in range(0, len(flat), 3)
+            (
+                Code(flat[i]),
+                as_text(flat[i + 1]),
+                as_text(flat[i + 2]),
+                as_text(flat[i + 3]),
+                int(flat[i + 4]),
+            )
+            for i in range(0, len(flat), 5)
         ]
 
     def _lose(self, held: Held, reason: str, detail: str) -> None:

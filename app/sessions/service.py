@@ -26,6 +26,7 @@ from app.errors import (
     ServiceClosingError,
     SessionBusyError,
 )
+from app.sessions import steering
 from app.sessions.admission import Admissions
 from app.sessions.holder import HolderDeps, hold
 from app.sessions.ids import new_run_id
@@ -133,9 +134,16 @@ class Sessions:
         self._spawn(self._take_over_quietly(session))
 
     def on_control(self, payload: str) -> None:
-        """A stop signal for a run, published by any worker."""
+        """A stop signal for a run, or a message steered into it, published by any worker."""
         message = json.loads(payload)
-        run_id, reason = str(message["run_id"]), str(message["reason"])
+        run_id = str(message["run_id"])
+        if "steer" in message:  # a message steered into the run (`steering`)
+            steered = self._deps.active.get(run_id)
+            if steered is not None:
+                index, text = int(message["steer"]["index"]), str(message["steer"]["text"])
+                steering.deliver(self._deps.reads, steered, index, text)
+            return
+        reason = str(message["reason"])
         active = self._deps.active.get(run_id)
         if active is not None:
             active.stop(reason)

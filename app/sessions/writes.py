@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,13 +65,17 @@ local function main()
   local token, fence, run_id = ARGV[1], ARGV[2], ARGV[3]
   local status, reason = string.match(ARGV[4], '^([^:]+):?(.*)$')
   local state = redis.call('HMGET', K_STATE, 'fence', 'active_run', 'sent', 'holder', 'stop_run',
-                           'tools')
+                           'tools', 'waiting')
   local run = load_run(run_id)
   local mine = redis.call('GET', K_LEASE) == token
   if run and run.closed_by == fence then
     -- A re-send: the first call recorded this outcome; answer as it did.
     if mine and state[2] and state[2] ~= '' and state[2] ~= run_id then
       return append(append({NEXT}, flat(run_id, run)), flat(state[2], load_run(state[2])))
+    end
+    if mine and state[7] and state[7] ~= '' then
+      local waiting = load_run(state[7])
+      return append(append({NEXT}, flat(run_id, run)), flat_next(state[7], waiting, now_us()))
     end
     return append({RELEASED, redis.call('LLEN', K_QUEUE)}, flat(run_id, run))
   end
@@ -88,8 +93,13 @@ local function main()
     if status == 'failed' then redis.call('HSET', K_STATE, 'last_error', ARGV[6]) end
     save_run(run_id, run)
     if status == 'completed' or status == 'interrupted' then
-      local input = cjson.decode(asked).input
-      local turns = {cjson.encode({role = 'user', text = input, run_id = run_id})}
+      local turns = {}
+      for _, input in ipairs(run.inputs or {cjson.decode(asked).input}) do
+        table.insert(turns, cjson.encode({role = 'user', text = input, run_id = run_id}))
+      end
+      for _, input in ipairs(run.steered_inputs or {}) do  -- in the order they arrived
+        table.insert(turns, cjson.encode({role = 'user', text = input, run_id = run_id}))
+      end
       if state[6] == run_id then append(turns, tool_turns(run_id)) end
       if output ~= '' then
         table.insert(turns, cjson.encode({role = 'assistant', text = output, run_id = run_id}))
@@ -105,14 +115,50 @@ local function main()
     local next_id, next_run = pop_next(now, state[4] or '', state[5])
     if next_id then
       redis.call('PEXPIRE', K_LEASE, LEASE_TTL_MS)
-      return append(append({NEXT}, flat(run_id, run, asked)), flat(next_id, next_run))
+      return append(append({NEXT}, flat(run_id, run, asked)), flat_next(next_id, next_run, now))
     end
     redis.call('DEL', K_LEASE)
     return append({RELEASED, 0}, flat(run_id, run, asked))
   end
-  redis.call('HSET', K_STATE, 'active_run', '')
+  redis.call('HSET', K_STATE, 'active_run', '', 'waiting', '')
   redis.call('DEL', K_LEASE)
   return append({RELEASED, redis.call('LLEN', K_QUEUE)}, flat(run_id, run, asked))
+end
+"""
+
+# The holder waited for a collect run to finish collecting (or was told to stop waiting):
+# start the next run if it may start, or say how long to wait still, or release.
+# KEYS: SessionKeys.all
+# ARGV[1] token, ARGV[2] this call's id (a re-send carries the same), ARGV[3] '1' to release
+#   even with runs queued (shutdown)
+# Returns {STALE} when the token no longer holds the lease; {NEXT, the next run's two
+#   fields} (status queued and `wait_ms` while it still collects) with the lease renewed;
+#   {RELEASED, runs still queued}
+TAKE = """
+local function main()
+  local token, call = ARGV[1], ARGV[2]
+  local state = redis.call('HMGET', K_STATE, 'holder', 'stop_run', 'took', 'active_run',
+                           'waiting')
+  local mine = redis.call('GET', K_LEASE) == token
+  local now = now_us()
+  if state[3] == call then
+    -- A re-send: the first call started or kept waiting for this run, or released.
+    local again = (state[4] ~= '' and state[4]) or (state[5] ~= '' and state[5]) or nil
+    if mine and again then return append({NEXT}, flat_next(again, load_run(again), now)) end
+    if not mine then return {RELEASED, redis.call('LLEN', K_QUEUE)} end
+  end
+  if not mine then return {STALE} end
+  redis.call('HSET', K_STATE, 'took', call)
+  if ARGV[3] ~= '1' then
+    local next_id, next_run = pop_next(now, state[1] or '', state[2])
+    if next_id then
+      redis.call('PEXPIRE', K_LEASE, LEASE_TTL_MS)
+      return append({NEXT}, flat_next(next_id, next_run, now))
+    end
+  end
+  redis.call('HSET', K_STATE, 'active_run', '', 'waiting', '')
+  redis.call('DEL', K_LEASE)
+  return {RELEASED, redis.call('LLEN', K_QUEUE)}
 end
 """
 
@@ -189,10 +235,29 @@ class HolderWrites:
     def __init__(self, redis: Redis, limits: Limits) -> None:
         self._finish = Script(redis, FINISH, limits, name="finish")
         self._emit = Script(redis, EMIT, limits, name="emit")
+        self._take = Script(redis, TAKE, limits, name="take")
 
     @property
     def scripts(self) -> list[Script]:
-        return [self._finish, self._emit]
+        return [self._finish, self._emit, self._take]
+
+    async def take(
+        self, session: SessionRef, lease: Lease, *, release: bool
+    ) -> tuple[Run | None, int]:
+        """After waiting for a collect run: the run to go on with (a collect run still
+        collecting has status queued), or None with the session released and how many runs
+        it left queued. Raises LeaseNotOwnedError when the lease is no longer this
+        holder's: nothing was written."""
+        sent = asyncio.get_running_loop().time()
+        call = secrets.token_hex(8)
+        reply = await self._take(session.keys.all, [lease.token, call, "1" if release else "0"])
+        code = Code(reply[0])
+        if code == Code.STALE:
+            raise LeaseNotOwnedError(lease.key)
+        if code == Code.NEXT:
+            lease.valid_until = sent + lease.ttl
+            return _run(reply[1:3]), 0
+        return None, int(reply[1])
 
     async def finish(
         self, session: SessionRef, lease: Lease, run: Run, outcome: Finished, *, release: bool

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from app.agents import AgentRegistry, AgentRequest, RunContext, RunEvent, Turn
+from app.agents.base import Inbox
 from app.errors import AgentFailedError, SubscriptionFailureError, SubscriptionsExhaustedError
 from app.sessions.models import Run
 from app.subscriptions.switcher import Subscriptions, SwitchResult
@@ -29,6 +30,8 @@ class Progress(Protocol):
     """Where a run's reply goes while it streams."""
 
     subscription: str | None
+    inbox: Inbox
+    """Messages steered into the run while it goes on."""
 
     @property
     def replied(self) -> bool:
@@ -63,6 +66,13 @@ class _Uncapped:
         return contextlib.nullcontext()
 
 
+class Regate(Protocol):
+    """A run refused in flight passes its agent's reload gate again (`ReloadGate.again`):
+    the subscription it may use then, or None for an agent without a gate."""
+
+    async def again(self, run: Run, progress: Progress) -> str | None: ...
+
+
 MAX_WAITS = 5
 """Waits of one run for a subscription to come back, whatever their length."""
 WAIT_MARGIN = 0.01
@@ -79,10 +89,12 @@ class AgentCalls:
         self._agents = agents
         self._subscriptions = subscriptions
         self._capacity = capacity or _Uncapped()
+        self.gate: Regate | None = None
 
     async def run(self, run: Run, history: History, progress: Progress) -> None:
         """Run the agent for `run`, streaming its reply into `progress`."""
-        subscription = await self._subscriptions.current(run.agent_id)
+        # A reload gate the run passed chose its subscription already.
+        subscription = progress.subscription or await self._subscriptions.current(run.agent_id)
         tried: set[str] = set()
         waited, waits = 0.0, 0
         while True:
@@ -110,7 +122,7 @@ class AgentCalls:
                     waited += wait
                     waits += 1
                     tried.clear()
-                    subscription = await self._subscriptions.current(run.agent_id)
+                    subscription = await self._next(run, progress, None)
                 elif result.reason == "no_alternative":
                     raise SubscriptionsExhaustedError(
                         run.agent_id, result.retry_in, str(failure)
@@ -120,7 +132,14 @@ class AgentCalls:
                         f"{failure}; subscription {result.to_subscription!r} was tried already"
                     ) from failure
                 else:
-                    subscription = result.to_subscription
+                    subscription = await self._next(run, progress, result.to_subscription)
+
+    async def _next(self, run: Run, progress: Progress, to: str | None) -> str | None:
+        """The subscription to try next: for an agent that reloads, the one it holds once
+        the run passed its gate again (`app.subscriptions.gate`)."""
+        if self.gate is not None and (passed := await self.gate.again(run, progress)):
+            return passed
+        return to if to is not None else await self._subscriptions.current(run.agent_id)
 
     def _wait_for(
         self, failure: SubscriptionFailureError, result: SwitchResult, waited: float, waits: int
@@ -143,6 +162,8 @@ class AgentCalls:
             metadata=run.metadata,
             history=history,
             state=progress.agent_state,
+            inputs=tuple(run.inputs),
+            inbox=progress.inbox,
             subscription=self._agents.credentials(subscription) if subscription else None,
             run=RunContext(
                 tenant=run.tenant,
