@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
 from app.agents import AgentRegistry
+from app.agents.python import steerable
 from app.auth import ApiKeys, InternalSecret
 from app.capacity import CapacityGate, Caps
 from app.executions import ExecutionStore
@@ -29,17 +32,23 @@ from app.sessions.index import SessionIndex
 from app.sessions.lua import Limits
 from app.sessions.reads import Reads
 from app.sessions.renewal import Renewals
+from app.sessions.requeue import Requeues
 from app.sessions.service import Sessions
 from app.sessions.sweeper import Sweeper
 from app.sessions.waiters import Waiters
 from app.sessions.writes import HolderWrites
 from app.settings import Settings
 from app.subscriptions.agent_call import AgentCalls
+from app.subscriptions.gate import ReloadGate
+from app.subscriptions.gate_scripts import GateScripts
+from app.subscriptions.reload import Reloads
 from app.subscriptions.scripts import SubscriptionScripts
 from app.subscriptions.switcher import Subscriptions
 from app.subscriptions.webhook import Webhook
 from app.webhooks.deliverer import Deliverer
 from app.webhooks.outbox import Outbox
+
+log = logging.getLogger(__name__)
 
 
 class Script(Protocol):
@@ -59,6 +68,8 @@ class Resources:
     reads: Reads
     control: Control
     sessions: Sessions
+    in_flight: Callable[[], int]
+    """How many runs this worker is running now."""
     renewals: Renewals
     sweeper: Sweeper
     outbox: Outbox
@@ -68,6 +79,7 @@ class Resources:
     webhook: Webhook | None
     executions: ExecutionStore
     capacity: CapacityGate
+    reload_gate: ReloadGate
     api_keys: ApiKeys
     internal_secret: InternalSecret
     metrics: Metrics
@@ -110,7 +122,12 @@ class Resources:
             call_timeout=settings.redis_timeout_seconds,
             default_policy=settings.default_busy_policy,
         )
-        admissions = Admissions(redis, limits, worker=worker)
+        admissions = Admissions(
+            redis,
+            limits,
+            worker=worker,
+            steerable=steerable((agent_id, agents.get(agent_id)) for agent_id in agents.ids()),
+        )
         writes = HolderWrites(redis, limits)
         renewals = Renewals(redis, limits, interval=settings.heartbeat_interval, metrics=metrics)
         control = Control(redis, limits)
@@ -130,10 +147,37 @@ class Resources:
         capacity = CapacityGate(
             redis, slots, Caps.from_config(settings, agents.config), metrics, worker=worker
         )
+        requeues = Requeues(redis, limits)
+        gate_scripts = GateScripts.register(redis)
+        subscriptions.reloads = Reloads(
+            redis,
+            gate_scripts,
+            subscription_scripts.standings,
+            leases,
+            hub,
+            agents,
+            requeues,
+            metrics,
+            ttl=settings.switch_lease_ttl_seconds,
+            events_max_length=settings.events_max_length,
+            webhook=webhook,
+        )
+        reload_gate = ReloadGate(
+            redis,
+            gate_scripts,
+            hub,
+            agents,
+            capacity.marks,
+            metrics,
+            ttl=settings.lease_ttl_seconds,
+            interval=settings.heartbeat_interval,
+        )
+        calls = AgentCalls(agents, subscriptions, capacity)
+        calls.gate = reload_gate
         deps = HolderDeps(
             writes=writes,
             renewals=renewals,
-            calls=AgentCalls(agents, subscriptions, capacity),
+            calls=calls,
             reads=reads,
             control=control,
             waiters=Waiters(reads, hub),
@@ -142,7 +186,8 @@ class Resources:
             active={},
             early_stop=lambda _: None,
             closing=lambda: False,
-            gates=[capacity],  # entered in this order
+            gates=[reload_gate, capacity],  # entered in this order
+            requeues=requeues,
         )
         sessions = Sessions(admissions, index, deps, deadline=settings.redis_timeout_seconds)
         hub.listen(CONTROL_CHANNEL, sessions.on_control)
@@ -178,6 +223,7 @@ class Resources:
             timeout=settings.redis_timeout_seconds,
         )
         hub.start()
+        reload_gate.start()
         workers.start()
         renewals.start()
         sweeper.start()
@@ -193,6 +239,8 @@ class Resources:
             *index.scripts,
             *outbox.scripts,
             *capacity.scripts,
+            *requeues.scripts,
+            *gate_scripts.all(),
         ]
         secret = settings.internal_secret
         return cls(
@@ -204,6 +252,7 @@ class Resources:
             reads=reads,
             control=control,
             sessions=sessions,
+            in_flight=lambda: len(deps.active),
             renewals=renewals,
             sweeper=sweeper,
             outbox=outbox,
@@ -212,6 +261,7 @@ class Resources:
             subscriptions=subscriptions,
             webhook=webhook,
             capacity=capacity,
+            reload_gate=reload_gate,
             executions=ExecutionStore(redis, retention_seconds=settings.run_retention_seconds),
             api_keys=ApiKeys(settings.api_keys),
             internal_secret=InternalSecret(secret.get_secret_value() if secret else None),
@@ -231,7 +281,17 @@ class Resources:
         await self.sweeper.close()
         if self.deliverer is not None:
             await self.deliverer.close()
+        if running := self.in_flight():
+            log.warning(
+                "stopping: waiting up to %gs (LEASEGATE_SHUTDOWN_GRACE_SECONDS) for %d run(s) "
+                "in flight to finish, then interrupting them",
+                self.settings.shutdown_grace_seconds,
+                running,
+            )
         await self.sessions.close(self.settings.shutdown_grace_seconds)
+        if self.subscriptions.reloads is not None:
+            await self.subscriptions.reloads.aclose()
+        await self.reload_gate.close()
         await self.workers.close()  # listed while it drains its runs
         await self.renewals.close()
         if self.webhook is not None:

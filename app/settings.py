@@ -41,9 +41,20 @@ class Settings(BaseSettings):
     )
     retry_after_seconds: int = Field(default=2, ge=1)
     queue_cap: int = Field(default=100, ge=1, description="Queued runs per session at most.")
-    default_busy_policy: Literal["enqueue", "interrupt", "reject", "latest", "rollback"] = "enqueue"
+    default_busy_policy: Literal[
+        "enqueue", "interrupt", "reject", "latest", "rollback", "steer", "collect"
+    ] = "enqueue"
     run_retention_seconds: float = Field(default=7 * 24 * 3600, gt=0)
-    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    shutdown_grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long a stopping worker lets its runs in flight finish.",
+    )
+    redis_warning_interval_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="While Redis is unreachable, each worker says so once per this interval.",
+    )
     sweep_interval_seconds: float = Field(
         default=5.0, gt=0, description="How often a lost holder's sessions are looked for."
     )
@@ -97,15 +108,6 @@ class Settings(BaseSettings):
     upstream_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     upstream_read_timeout_seconds: float = Field(default=60.0, gt=0)
     upstream_max_retries: int = Field(default=2, ge=0, le=10)
-    max_concurrent_runs: int | None = Field(
-        default=None, ge=1, description="Runs of the whole fleet at once; unset: no cap."
-    )
-    tenant_max_concurrent_runs: int | None = Field(
-        default=None, ge=1, description="Runs of one tenant at once; unset: no cap."
-    )
-    tenant_limits: dict[str, int] = Field(
-        default_factory=dict, description='JSON {"<tenant>": <max concurrent runs>, ...}'
-    )
     worker_heartbeat_seconds: float = Field(
         default=2.0, gt=0, description="How often a worker renews its entry in the registry."
     )
