@@ -8,9 +8,13 @@ and says so. Set LEASEGATE_CONSOLE_SCREENSHOTS to a folder to keep the screensho
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 import os
+import random
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,27 +116,35 @@ def test_the_stream_shows_every_worker_of_the_server(server: Server) -> None:
     assert server.worker_pids() <= {w["pid"] for w in workers}
 
 
-def some_history(server: Server) -> None:
-    """Runs that ended, a queue, and a subscription switch: something for every panel."""
-    with httpx.Client(base_url=server.url, timeout=30) as http:
-        for i in range(4):
-            for tenant, headers in (("acme", ACME), ("globex", GLOBEX)):
-                http.post(
-                    f"/v1/sessions/{tenant}-chat-{i}/messages",
-                    json={"text": f"hello {i}"},
-                    params={"wait": 5},
-                    headers=headers,
-                )
-        http.post(
-            "/internal/agents/helper/subscription-failures",
-            json={"subscription_id": "sub-a", "kind": "rate_limit", "cooldown_seconds": 600},
-            headers=INTERNAL,
+async def some_history(server: Server, seconds: float) -> None:
+    """Runs that end, a subscription switch, a long job: something for every panel. For
+    the screenshots in docs/, `seconds` of steady traffic too, so the chart has a shape."""
+    fresh = httpx.Limits(max_keepalive_connections=0)  # a new connection each: both workers
+    async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=fresh) as http:
+
+        async def post(tenant: str, session: str, metadata: dict[str, Any]) -> None:
+            headers = ACME if tenant == "acme" else GLOBEX
+            body = {"text": "hello", "metadata": metadata}
+            answer = await http.post(f"/v1/sessions/{session}/messages", json=body, headers=headers)
+            assert answer.status_code == 202, answer.text
+
+        await asyncio.gather(
+            *(post(t, f"{t}-chat-{i}", {}) for i in range(4) for t in ("acme", "globex"))
         )
-        http.post(
-            "/v1/sessions/globex-batch/messages",
-            json={"text": "long job", "metadata": {"delay_ms": 60_000}},
-            headers=GLOBEX,
+        failure = {"subscription_id": "sub-a", "kind": "rate_limit", "cooldown_seconds": 600}
+        switched = await http.post(
+            "/internal/agents/helper/subscription-failures", json=failure, headers=INTERNAL
         )
+        assert switched.status_code == 200, switched.text
+        await post("globex", "globex-batch", {"delay_ms": 60_000})
+        deadline = time.monotonic() + seconds
+        rng = random.Random(7)
+        while time.monotonic() < deadline:  # a load generator's pace, nothing waits on it
+            busy = 0.5 + 0.5 * math.sin(time.monotonic() / 6)
+            tenant = rng.choice(("acme", "globex"))
+            delay = {"delay_ms": rng.randint(200, 1500)}
+            await post(tenant, f"{tenant}-chat-{rng.randrange(6)}", delay)
+            await asyncio.sleep(0.05 + 0.3 * (1 - busy))
 
 
 async def test_an_operator_sees_a_busy_session_and_stops_it(server: Server, tmp_path: Path) -> None:
@@ -143,8 +155,8 @@ async def test_an_operator_sees_a_busy_session_and_stops_it(server: Server, tmp_
         )
     playwright = pytest.importorskip("playwright.async_api", reason="pip install playwright")
     expect = playwright.expect
-    shots = Path(os.environ.get("LEASEGATE_CONSOLE_SCREENSHOTS") or tmp_path)
-    some_history(server)
+    keep = os.environ.get("LEASEGATE_CONSOLE_SCREENSHOTS")
+    shots = Path(keep or tmp_path)
     dialogs: list[str] = []
 
     async with playwright.async_playwright() as driver:
@@ -167,6 +179,7 @@ async def test_an_operator_sees_a_busy_session_and_stops_it(server: Server, tmp_
             await page.fill("#secret", INTERNAL_SECRET)
             await page.click("#login-form button")
             await expect(page.locator("#connection")).to_have_text("live")
+            await some_history(server, 60 if keep else 0)
             for pid in server.worker_pids():
                 worker_row = page.locator("#workers tbody tr", has_text=f":{pid}")
                 await expect(worker_row).to_have_count(1)
@@ -191,6 +204,7 @@ async def test_an_operator_sees_a_busy_session_and_stops_it(server: Server, tmp_
                 await expect(row.locator(".holder")).to_have_text(holder)
                 await expect(row).to_contain_text(run_id[-12:])
                 await expect(page.locator("#agents")).to_contain_text("cooling")
+                await page.mouse.move(0, 0)
                 await page.screenshot(path=str(shots / "console.png"), full_page=True)
 
                 await row.click()  # the session in detail
@@ -203,6 +217,7 @@ async def test_an_operator_sees_a_busy_session_and_stops_it(server: Server, tmp_
                 await expect(page.locator("#log")).to_contain_text(f"stop acme/{SESSION}")
                 assert dialogs and f"Stop session acme/{SESSION}?" in dialogs[0]
                 await expect(page.locator("#runs tbody")).to_contain_text(run_id[-12:])
+                await page.mouse.move(0, 0)
                 await page.screenshot(path=str(shots / "console-stopped.png"), full_page=True)
 
                 ended = (await http.get(f"/v1/runs/{run_id}", headers=ACME)).json()

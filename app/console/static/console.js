@@ -283,8 +283,12 @@ function logAction(text, ok) {
 }
 
 function describe(answer) {
-  if (answer.ok) return JSON.stringify(answer.body);
-  return `HTTP ${answer.status}: ${(answer.body && (answer.body.detail || answer.body.title)) || ""}`;
+  const b = answer.body || {};
+  if (!answer.ok) return `HTTP ${answer.status}: ${b.detail || b.title || ""}`;
+  if (b.generation !== undefined) return `generation ${b.generation} begins, ${b.cancelled.length} run(s) cancelled`;
+  if (b.cancelled) return `${b.cancelled.length} run(s) cancelled${b.kept.length ? `, ${b.kept.length} kept` : ""}`;
+  if (b.status) return `run ${b.status}${answer.status === 202 ? " (its holder is stopping it)" : ""}`;
+  return JSON.stringify(b);
 }
 
 async function act(what, method, path) {
