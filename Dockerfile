@@ -6,7 +6,7 @@ ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     LEASEGATE_WORKERS=2 \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/leasegate-metrics
+    LEASEGATE_DATA_DIR=/srv/leasegate/data
 
 # Unprivileged runtime user with a writable home/work directory.
 RUN groupadd --system --gid 10001 leasegate \
@@ -31,7 +31,11 @@ EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3)"]
 
-# sh expands LEASEGATE_WORKERS; exec replaces sh with uvicorn so SIGTERM from
-# `docker stop` reaches uvicorn directly and workers shut down gracefully. The metrics
-# folder is emptied first: the workers share their counts through files there.
-CMD ["sh", "-c", "rm -rf \"$PROMETHEUS_MULTIPROC_DIR\" && mkdir -p \"$PROMETHEUS_MULTIPROC_DIR\" && exec uvicorn --factory app.main:create_app --host 0.0.0.0 --port 8000 --workers \"${LEASEGATE_WORKERS:-2}\""]
+# `leasegate serve` checks the configuration first (an invalid one exits 2 with one line
+# naming the setting: no restart loop of workers), locks the data folder, empties the
+# metrics folder in it (the workers share their counts through files there), and runs
+# uvicorn's workers, which die with it. Without LEASEGATE_REDIS_URL it starts an embedded
+# redis-server with its data in $LEASEGATE_DATA_DIR/redis (a volume keeps it).
+# sh expands LEASEGATE_WORKERS; exec makes leasegate PID 1, so `docker stop`'s SIGTERM
+# reaches it and the workers finish their runs (LEASEGATE_SHUTDOWN_GRACE_SECONDS).
+CMD ["sh", "-c", "exec leasegate serve --host 0.0.0.0 --port 8000 --workers \"${LEASEGATE_WORKERS:-2}\""]

@@ -4,13 +4,28 @@ does: the requests they send, what they print, their exit codes."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from app.cli import main, operator
+from app.redis.server import free_port
+from tests.support.servers import (
+    ACME,
+    API_KEYS,
+    INTERNAL_SECRET,
+    base_env,
+    leasegate_command,
+    server_process,
+    uvicorn_command,
+)
+from tests.support.waiting import wait_until_sync
 
 SECRET = "cli-secret-0001"
 BUSY = {
@@ -276,3 +291,55 @@ def test_no_secret_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, capsys: Any
     monkeypatch.delenv("LEASEGATE_INTERNAL_SECRET", raising=False)
     assert run("workers") == 2
     assert "LEASEGATE_INTERNAL_SECRET is not set" in capsys.readouterr().err
+
+
+@pytest.mark.multiprocess
+def test_the_commands_against_a_running_service(redis_server: Any, tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = base_env(
+        LEASEGATE_REDIS_URL=redis_server.url,
+        LEASEGATE_API_KEYS=json.dumps(API_KEYS),
+        LEASEGATE_INTERNAL_SECRET=INTERNAL_SECRET,
+        LEASEGATE_LOG_LEVEL="WARNING",
+    )
+    session = f"cli-{uuid.uuid4().hex[:8]}"
+    cli_env = {**base_env(), "LEASEGATE_URL": url, "LEASEGATE_INTERNAL_SECRET": INTERNAL_SECRET}
+
+    def leasegate(*argv: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        command = leasegate_command(*argv)
+        env = {**cli_env, **extra}
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+
+    with server_process(uvicorn_command(port, workers=2), env, tmp_path / "server.log", url):
+        slow = {"text": "slowly", "metadata": {"delay_ms": 60_000}}
+        answer = httpx.post(f"{url}/v1/sessions/{session}/messages", json=slow, headers=ACME)
+        assert answer.status_code == 202, answer.text
+        run_id = answer.json()["run_id"]
+
+        busy = leasegate("sessions", "--busy", "--tenant", "acme")
+        assert busy.returncode == 0, busy.stderr
+        [row] = [line.split() for line in busy.stdout.splitlines() if session in line]
+        assert row[:3] == ["acme", session, "busy"]
+        assert row[6:8] == [run_id, "running"]
+        assert re.fullmatch(r".+:\d+", row[3])  # the holder, host:pid
+
+        stopped = leasegate("stop", f"acme/{session}")
+        assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stdout.strip() == f"stopped acme/{session}; ended: {run_id}"
+
+        def state() -> str:
+            shown = leasegate("session", f"acme/{session}", "--json")
+            assert shown.returncode == 0, shown.stderr
+            return str(json.loads(shown.stdout)["state"])
+
+        wait_until_sync(lambda: state() == "idle", 15, "the session idle")
+        detail = leasegate("session", f"acme/{session}")
+        assert f"{run_id}  cancelled" in detail.stdout
+
+        wrong = leasegate("sessions", LEASEGATE_INTERNAL_SECRET="not-the-secret")
+        assert wrong.returncode == 1
+        assert wrong.stderr.startswith("leasegate sessions: 403 "), wrong.stderr
+        unknown = leasegate("session", "acme/no-such-session-here")
+        assert unknown.returncode == 1
+        assert unknown.stderr.startswith("leasegate session: 404 "), unknown.stderr

@@ -98,7 +98,9 @@ def _sessions(api: OperatorApi, args: Any) -> object:
             )
         headers = ["TENANT", "SESSION", "STATE", "HOLDER", "FENCE", "LEASE LEFT", "ACTIVE RUN"]
         print(table([*headers, "STATUS", "AGE", "QUEUED"], rows))
-        what = "busy sessions" if args.busy else "sessions with work"
+        what = "busy session" if args.busy else "session with work"
+        plural = "" if len(rows) == 1 else "s"
+        what = what.replace("session", f"session{plural}")
         print(f"\n{len(rows)} {what}" + (f" of tenant {args.tenant}" if args.tenant else ""))
     return {"sessions": sessions}
 
