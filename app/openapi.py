@@ -41,6 +41,27 @@ TENANT_ERRORS = (401, 403, 503)
 INTERNAL_ERRORS = (401, 403, 404, 503)
 FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 
+_RUN_ID = {"run_id": "$response.body#/run_id"}
+_SESSION_ID = {"session_id": "$request.path.session_id"}
+LINKS: dict[tuple[str, str], dict[str, tuple[str, str, dict[str, str]]]] = {
+    ("POST", "/v1/sessions/{session_id}/messages"): {
+        "GetRun": ("GET", "/v1/runs/{run_id}", _RUN_ID),
+        "CancelRun": ("POST", "/v1/runs/{run_id}/cancel", _RUN_ID),
+        "GetSession": ("GET", "/v1/sessions/{session_id}", _SESSION_ID),
+        "ListRuns": ("GET", "/v1/sessions/{session_id}/runs", _SESSION_ID),
+        "StopSession": ("POST", "/v1/sessions/{session_id}/stop", _SESSION_ID),
+    },
+    ("POST", "/internal/execute-task"): {
+        "GetExecution": (
+            "GET",
+            "/internal/executions/{execution_id}",
+            {"execution_id": "$response.body#/execution_id"},
+        ),
+    },
+}
+"""OpenAPI links from what an answer names to the operations that take it (what a
+stateful client, or schemathesis' state machine, follows)."""
+
 
 def install(app: FastAPI) -> None:
     """Make `app.openapi()` (and /openapi.json, /docs) answer the refined document."""
@@ -69,6 +90,7 @@ def refine(app: FastAPI, schema: dict[str, Any]) -> None:
     for route in api_routes(app):
         for method in sorted(route.methods):
             _refine_operation(route, schema["paths"][route.path_format][method.lower()])
+    _link(schema["paths"])
 
 
 def api_routes(app: FastAPI) -> Iterator[Any]:
@@ -101,6 +123,21 @@ def _refine_operation(route: Any, operation: dict[str, Any]) -> None:
         elif media_type != JSONResponse.media_type and int(code) < 300:
             response["content"] = {media_type: {"schema": {"type": "string"}}}
     operation["responses"] = dict(sorted(responses.items()))
+
+
+def _link(paths: dict[str, Any]) -> None:
+    for (method, path), links in LINKS.items():
+        source = paths.get(path, {}).get(method.lower())
+        if source is None:
+            continue
+        resolved = {
+            name: {"operationId": paths[to][to_method.lower()]["operationId"], "parameters": args}
+            for name, (to_method, to, args) in links.items()
+            if to_method.lower() in paths.get(to, {})
+        }
+        for code, response in source["responses"].items():
+            if code < "300":
+                response["links"] = resolved
 
 
 def _media_type(route: Any) -> str:

@@ -4,7 +4,8 @@ Every operation (but the streams, whose answers do not end) gets valid and inval
 requests, with the tenant's API key on /v1 and the internal secret on /internal: no
 answer is a 5xx, every answer conforms to the documented status codes, media types and
 schemas, and a request answered with an error leaves Redis exactly as it was (every key
-and its content, but those that change while the server is idle: worker heartbeats).
+and its content, but those that change while the server is idle: worker heartbeats, the
+sweeper's lease; and the control scripts' replay records).
 Derandomized, with few examples per operation, so a run is the same each time and short.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import redis
@@ -47,6 +48,9 @@ EXAMPLES = {GenerationMode.POSITIVE: 6, GenerationMode.NEGATIVE: 4}
 STREAMING = ("text/event-stream",)
 CHECKS = [status_code_conformance, content_type_conformance, response_schema_conformance]
 Snapshot = dict[bytes, Any]
+REPLY_RECORD = b":reply:"
+"""A control script's answer, kept 60 s so that a re-sent call is answered as the first
+was (replay safety): written for refusals too, it is no state of the session."""
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +64,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, RedisS
             LEASEGATE_INTERNAL_SECRET=INTERNAL_SECRET,
             LEASEGATE_LOG_LEVEL="WARNING",
             LEASEGATE_LEASE_TTL_SECONDS="3",
+            LEASEGATE_SWEEP_INTERVAL_SECONDS="1",  # its lease changes within volatile_keys' look
         )
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -70,7 +75,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, RedisS
 def snapshot(client: redis.Redis, volatile: set[bytes]) -> Snapshot:
     found: Snapshot = {}
     for key in client.scan_iter(count=1000):
-        if key in volatile:
+        if key in volatile or REPLY_RECORD in key:
             continue
         kind = as_text(client.type(key))
         reader: Callable[[bytes], Any] | None = {
@@ -89,7 +94,7 @@ def volatile_keys(client: redis.Redis) -> set[bytes]:
     """Keys whose content changes while nothing is asked of the server."""
     first = snapshot(client, set())
     changed: set[bytes] = set()
-    deadline = time.monotonic() + 2.0
+    deadline = time.monotonic() + 2.5
     while time.monotonic() < deadline:
         later = snapshot(client, set())
         changed |= {k for k in first.keys() | later.keys() if first.get(k) != later.get(k)}
@@ -109,6 +114,12 @@ def settled(client: redis.Redis, volatile: set[bytes]) -> Snapshot:
 
     wait_until_sync(same, 10.0, "the keyspace to settle")
     return last[0]
+
+
+def changes(where: str, before: Snapshot, after: Snapshot) -> list[str]:
+    """What an error answer changed, key by key (nothing, as it should be)."""
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    return [f"{where}: an error answer changed {key!r}: {after.get(key)!r}" for key in changed]
 
 
 def credentials(path: str) -> dict[str, str]:
@@ -151,8 +162,8 @@ def test_the_live_api_conforms_to_its_document(live: tuple[str, RedisServer]) ->
                 where = f"{case.method} {case.formatted_path} -> {response.status_code}"
                 if response.status_code >= 500:
                     failures.append(f"{where}: {response.text[:300]}")
-                if response.status_code >= 400 and snapshot(client, volatile) != before:
-                    failures.append(f"{where}: an error answer changed Redis")
+                if response.status_code >= 400:
+                    failures.extend(changes(where, before, snapshot(client, volatile)))
                 try:
                     case.validate_response(response, checks=CHECKS)
                 except AssertionError as exc:
@@ -164,3 +175,72 @@ def test_the_live_api_conforms_to_its_document(live: tuple[str, RedisServer]) ->
                 assert mode is GenerationMode.NEGATIVE, operation.label
     client.close()
     assert not failures, "\n".join(failures)
+
+
+def test_linked_calls_conform_to_the_document(live: tuple[str, RedisServer]) -> None:
+    """Sequences along the document's links: a message's run read, cancelled, its session
+    read and stopped; a task's execution read back."""
+    url, server = live
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json").exclude(
+        path_regex=r"/(events|ag-ui|stream)$"
+    )
+    client = redis.Redis.from_url(server.url)
+    volatile = volatile_keys(client)
+    failures: list[str] = []
+    steps: list[str] = []
+
+    class Linked(schema.as_state_machine()):  # type: ignore[misc]
+        before: ClassVar[Snapshot] = {}
+
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"base_url": url, "headers": credentials(case.path), "timeout": 70}
+
+        def before_call(self, case: Any) -> None:
+            for name in ("Authorization", "X-Internal-Secret"):
+                case.headers.pop(name, None)
+            Linked.before = settled(client, volatile)
+
+        def after_call(self, response: Any, case: Any) -> None:
+            where = f"{case.method} {case.formatted_path} -> {response.status_code}"
+            steps.append(where)
+            if response.status_code >= 500:
+                failures.append(f"{where}: {response.text[:300]}")
+            if response.status_code >= 400:
+                failures.extend(changes(where, self.before, snapshot(client, volatile)))
+
+        def validate_response(self, response: Any, case: Any, *args: Any, **kwargs: Any) -> None:
+            try:
+                case.validate_response(response, checks=CHECKS)
+            except AssertionError as exc:
+                failures.append(f"{case.method} {case.formatted_path}: {str(exc)[:600]}")
+
+    Linked.run(
+        settings=settings(
+            max_examples=8,
+            stateful_step_count=4,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+        )
+    )
+    client.close()
+    assert not failures, "\n".join(failures)
+    assert any("/v1/runs/" in step for step in steps), steps  # a link was followed
+
+
+def test_the_state_check_sees_what_an_error_answer_would_write(
+    live: tuple[str, RedisServer],
+) -> None:
+    """The check above is no tautology: a write beside a refusal is reported, key by key."""
+    _, server = live
+    client = redis.Redis.from_url(server.url)
+    before = snapshot(client, set())
+    client.hset("lg:{s:acme:probe}:state", "default_policy", "reject")
+    client.set("lg:{s:acme:probe}:state:reply:probe-request", "[9]")  # a replay record: not state
+    try:
+        found = changes("POST /v1/sessions/probe/messages -> 422", before, snapshot(client, set()))
+    finally:
+        client.delete("lg:{s:acme:probe}:state", "lg:{s:acme:probe}:state:reply:probe-request")
+        client.close()
+    assert len(found) == 1 and "lg:{s:acme:probe}:state'" in found[0], found
