@@ -18,7 +18,7 @@ from app.console.feed import ConsoleFeed
 from app.console.tokens import ConsoleTokens
 from app.fleet.workers import WorkerRegistry
 from app.keys import WORKERS, worker_key
-from app.redis.server import RedisServer
+from app.redis.server import RedisServer, free_port
 from tests.support.api import AppClient, app_client, post, wait_status
 from tests.support.servers import (
     ACME,
@@ -136,6 +136,20 @@ async def test_pages_walk_every_session_once(api: AppClient) -> None:
             break
     assert sorted(seen) == names and pages == 3
 
+    # Admitted again while an operator pages: moved behind the cursor, listed again, and
+    # no other session is skipped for it.
+    first = await sessions(api, state="all", limit=3)
+    again = first["sessions"][0]["session_id"]
+    await post(api, again, "again", wait=5, expect=200)
+    rest: list[str] = []
+    cursor = first["next_cursor"]
+    while cursor is not None:
+        page = await sessions(api, state="all", limit=3, cursor=cursor)
+        rest += [s["session_id"] for s in page["sessions"]]
+        cursor = page["next_cursor"]
+    listed = [s["session_id"] for s in first["sessions"]] + rest
+    assert sorted(set(listed)) == names and rest[-1] == again
+
     bad = await api.get("/internal/sessions", params={"cursor": "not-a-cursor"})
     assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
     assert (await api.get("/internal/sessions", params={"limit": 501})).status_code == 422
@@ -203,6 +217,29 @@ async def test_detail_and_actions_answer_as_v1_and_are_logged(
         "/internal/sessions/acme/s1/stop", headers={"X-Internal-Secret": "x" * 32}
     )
     assert wrong.status_code == 403
+
+
+async def test_redis_unreachable_is_a_503_and_the_console_page_needs_none(
+    redis: Redis,
+) -> None:
+    async with app_client(
+        f"redis://127.0.0.1:{free_port()}/0",
+        internal_secret=INTERNAL_SECRET,
+        redis_timeout_seconds=0.5,
+        headers=INTERNAL,
+    ) as api:
+        for path in ("/internal/workers", "/internal/sessions", "/internal/agents"):
+            answer = await api.get(path)
+            assert answer.status_code == 503, (path, answer.text)
+            assert answer.headers["retry-after"]
+        page = await api.get("/console")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        assert '<script src="/console/console.js"' in page.text and "http" not in page.text
+        script = await api.get("/console/console.js")
+        assert script.status_code == 200 and "EventSource" in script.text
+        assert (await api.get("/console/console.css")).status_code == 200
+        assert (await api.get("/console/secrets.txt")).status_code in (404, 422)
 
 
 async def test_agents_list_each_agent_as_its_own_view(api: AppClient) -> None:
