@@ -169,6 +169,18 @@ class SubscriptionsExhaustedError(AgentFailedError):
         self.retry_in = retry_in
 
 
+class ReloadFailedError(LeasegateError):
+    """An agent's reload hook did not take the new subscription (its `reload_url` refused
+    or could not be reached, or its `reload` method raised); the message never holds a key."""
+
+    def __init__(self, agent_id: str, subscription_id: str, detail: str) -> None:
+        super().__init__(
+            f"agent {agent_id!r} did not reload subscription {subscription_id!r}: {detail}"
+        )
+        self.agent_id = agent_id
+        self.subscription_id = subscription_id
+
+
 class RunExpiredError(LeasegateError):
     """A run that had not started by its start deadline (`start_within_seconds`)."""
 

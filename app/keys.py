@@ -232,12 +232,24 @@ def execution_key(execution_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AgentKeys:
-    """The keys of one agent's subscription state, all in one hash slot with its switch lease."""
+    """The keys of one agent's subscription state, all in one hash slot with its switch lease.
+
+    - `gate`: the reload gate, a fenced lease of its own (`app/subscriptions/reload.py`):
+      closed while its key exists; its channel announces the gate opening, and `left`
+      a run leaving `inflight` while the gate is closed;
+    - `gate_state`: hash, what the gate is doing (from, to, phase, error, ...);
+    - `inflight`: hash `<run id>/<fence>` -> `<subscription>|<expiry ms>` of the runs that
+      passed the gate (`app/subscriptions/gate.py`), renewed by their worker.
+    """
 
     lease: LeaseKeys
     assignment: str
     refusals: str
     events: str
+    gate: LeaseKeys
+    gate_state: str
+    inflight: str
+    left: str
 
 
 def execution_idempotency_key(idempotency_key: str) -> str:
@@ -255,4 +267,13 @@ def agent_keys(agent_id: str) -> AgentKeys:
         assignment=f"{prefix}assignment",
         refusals=f"{prefix}refusals",
         events=f"{prefix}events",
+        gate=LeaseKeys(
+            resource=f"{lease.resource}:gate",
+            lease=f"{prefix}gate",
+            fence=f"{prefix}gate:fence",
+            channel=f"{prefix}gate:opened",
+        ),
+        gate_state=f"{prefix}gate:state",
+        inflight=f"{prefix}inflight",
+        left=f"{prefix}gate:left",
     )

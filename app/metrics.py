@@ -110,6 +110,23 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.gate_wait = Histogram(
+            "leasegate_reload_gate_wait_seconds",
+            "How long runs waited at a closed reload gate while their agent drained and reloaded.",
+            buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 1800),
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "leasegate_agent_reloads",
+            "Reload hooks called on a subscription switch, by outcome (ok, failed).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.drain_requeued = Counter(
+            "leasegate_drain_requeued_runs",
+            "Runs still on the old subscription at a drain timeout, re-queued at their head.",
+            registry=self.registry,
+        )
         self.redis_errors = Counter(
             "leasegate_redis_errors",
             "Requests answered 503 because Redis could not be reached.",

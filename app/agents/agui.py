@@ -58,7 +58,7 @@ from app.agents.upstream import (
     upstream_client,
     with_status,
 )
-from app.errors import AgentFailedError, SubscriptionFailureError
+from app.errors import AgentFailedError, ReloadFailedError, SubscriptionFailureError
 from app.subscriptions.classify import classify
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,30 @@ class AGUIAgent:
         async with contextlib.aclosing(events):
             async for event in events:
                 yield event
+
+    async def reload(self, subscription: Subscription) -> None:
+        """POST the new subscription to the agent's `reload_url` (its `headers_env` headers
+        go along); any answer but 2xx, or no answer, raises ReloadFailedError."""
+        if not self._config.reload_url:
+            raise ReloadFailedError(self._config.id, subscription.id, "no reload_url")
+        body = {
+            "agent_id": self._config.id,
+            "subscription": {
+                "id": subscription.id,
+                "base_url": subscription.base_url,
+                "api_key": subscription.api_key,
+            },
+        }
+        secrets = tuple(s for s in (subscription.api_key, *self._config.headers.values()) if s)
+        try:
+            reply = await self._client.post(self._config.reload_url, json=body)
+        except httpx.HTTPError as exc:
+            detail = redact(short(str(exc)) or type(exc).__name__, secrets)
+            raise ReloadFailedError(self._config.id, subscription.id, detail) from None
+        if not reply.is_success:
+            text, _ = error_text(_json_or_text(reply.content))
+            detail = redact(with_status(reply.status_code, text), secrets)
+            raise ReloadFailedError(self._config.id, subscription.id, detail)
 
     async def aclose(self) -> None:
         """Close the client now, streams still using it included."""
@@ -222,6 +246,13 @@ class AGUIAgent:
         after = " after a partial reply" if streamed else ""
         with_code = f" (code {short(event.code)})" if event.code else ""
         return AgentFailedError(f"{self._what} failed{after}: {message or 'RUN_ERROR'}{with_code}")
+
+
+def _json_or_text(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace")
 
 
 # Events that frame the run and its messages: leasegate makes its own.

@@ -21,11 +21,14 @@
     headers_env = "PLANNER_HEADERS"       # optional: JSON object of extra request headers
     connect_timeout_seconds = 5           # optional, else LEASEGATE_UPSTREAM_CONNECT_...
     read_timeout_seconds = 60             # optional, else LEASEGATE_UPSTREAM_READ_...
+    reload_url = "http://127.0.0.1:8001/reload"  # optional: POSTed the new subscription
+    drain_timeout_seconds = 120           # optional: how long runs on the old one may finish
 
     [[agents]]
     id = "local"
     backend = "python"                    # an object (or factory) in this process
     entrypoint = "package.module:attribute"
+    reload_method = "reload"              # optional: `async def reload(subscription)`
 
 Validated at start-up: unknown or duplicate ids, keys another backend's agents take, for
 openai agents a base_url, a model and a set environment variable for every subscription,
@@ -67,6 +70,8 @@ RESERVED_HEADERS = frozenset(
 """Headers an ag-ui request carries from leasegate itself, which headers_env cannot replace."""
 
 Backend = Literal["openai", "echo", "ag-ui", "python"]
+DRAIN_TIMEOUT = 120.0
+"""How long runs in flight on the old subscription may finish before a reload, by default."""
 
 
 class _SubscriptionEntry(BaseModel):
@@ -98,6 +103,8 @@ class _AGUIEntry(BaseModel):
     connect_timeout_seconds: float | None = Field(default=None, gt=0)
     read_timeout_seconds: float | None = Field(default=None, gt=0)
     subscriptions: list[str] = Field(default_factory=list)
+    reload_url: str | None = Field(default=None, pattern=r"^https?://[^/\s]+")
+    drain_timeout_seconds: float = Field(default=DRAIN_TIMEOUT, gt=0, le=86400)
     max_concurrent_runs: int | None = Field(default=None, ge=1)
 
 
@@ -107,6 +114,8 @@ class _PythonEntry(BaseModel):
     backend: Literal["python"]
     entrypoint: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
     subscriptions: list[str] = Field(default_factory=list)
+    reload_method: str | None = Field(default=None, pattern=r"^[A-Za-z_]\w*$")
+    drain_timeout_seconds: float = Field(default=DRAIN_TIMEOUT, gt=0, le=86400)
     max_concurrent_runs: int | None = Field(default=None, ge=1)
 
 
@@ -137,6 +146,17 @@ class AgentConfig:
     """Runs of this agent at once across the fleet; None: no cap."""
     entrypoint: str | None = None
     """python: `package.module:attribute`."""
+    reload_url: str | None = None
+    """ag-ui: POSTed the new subscription on a switch (the agent holds its credentials)."""
+    reload_method: str | None = None
+    """python: the agent's `async def <name>(subscription)` called on a switch."""
+    drain_timeout: float = DRAIN_TIMEOUT
+    """With a reload hook: how long runs on the old subscription may finish first."""
+
+    @property
+    def reloads(self) -> bool:
+        """Whether a switch must reload the agent (and drain it first)."""
+        return bool(self.reload_url or self.reload_method)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,9 +233,18 @@ def _agent(
             headers=headers,
             connect_timeout=entry.connect_timeout_seconds,
             read_timeout=entry.read_timeout_seconds,
+            reload_url=entry.reload_url,
+            drain_timeout=entry.drain_timeout_seconds,
         )
     if isinstance(entry, _PythonEntry):
-        return AgentConfig(entry.id, "python", subscriptions=uses, entrypoint=entry.entrypoint)
+        return AgentConfig(
+            entry.id,
+            "python",
+            subscriptions=uses,
+            entrypoint=entry.entrypoint,
+            reload_method=entry.reload_method,
+            drain_timeout=entry.drain_timeout_seconds,
+        )
     if entry.backend == "openai":
         _check_openai(entry, subscriptions, environ, path)
     return AgentConfig(entry.id, entry.backend, entry.model, uses, entry.system_prompt)

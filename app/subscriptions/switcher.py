@@ -15,13 +15,18 @@ On a refused subscription (`classify`: rate_limit, quota, auth):
    with no candidate, "no viable subscription" is recorded once, and the answer says in
    how many seconds the first subscription comes back (`retry_in`);
 5. outside the lease, the webhook (if any) gets one POST.
+
+For an agent with a reload hook, step 4 closes the agent's reload gate instead
+(`reload.py`): the assignment changes, with its event and webhook, once the runs on the
+failed subscription drained and the agent reloaded the new one; while the gate is closed,
+a failure of the same subscription is stale (its run waits at the gate).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from redis.asyncio import Redis
 
@@ -37,6 +42,9 @@ from app.subscriptions.cooldowns import Standings
 from app.subscriptions.scripts import AssignCode, SubscriptionScripts
 from app.subscriptions.views import effective
 from app.subscriptions.webhook import Webhook
+
+if TYPE_CHECKING:
+    from app.subscriptions.reload import Reloads
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +98,8 @@ class Subscriptions:
         self._ttl = switch_ttl
         self._max_events = events_max_length
         self._webhook = webhook
+        self.reloads: Reloads | None = None
+        """Set for agents with a reload hook: a switch closes their gate (`reload.py`)."""
 
     def priority(self, agent_id: str) -> tuple[str, ...]:
         return self._agents.subscriptions_of(agent_id)
@@ -101,6 +111,17 @@ class Subscriptions:
             return None
         stored = await guarded(self._redis.hget(agent_keys(agent_id).assignment, "subscription"))
         return effective(stored, priority)
+
+    async def back_in(self, agent_id: str) -> float | None:
+        """Seconds until the agent's first cooling subscription comes back (0: one is
+        viable now); None if it has none cooling or viable (all disabled)."""
+        priority = self.priority(agent_id)
+        if not priority:
+            return None
+        standings = await cooldowns.read(self._scripts.standings, agent_keys(agent_id).refusals)
+        if any(standings.viable(sub) for sub in priority):
+            return 0.0
+        return standings.back_in(priority)
 
     async def handle_failure(
         self, agent_id: str, failed: str, kind: str, cooldown: float | None = None
@@ -140,6 +161,8 @@ class Subscriptions:
             keys.lease.resource, timeout=self._wait, ttl=self._ttl
         ) as lease:
             raw, current, _ = await self._read(keys, priority)
+            if self._gated(agent_id):
+                return await self._assign_gated(lease, keys, raw, current, subscription)
             if current == subscription:
                 return SwitchResult(False, current, current, "assigned")
             code, *_ = await self._assign(lease, keys, raw, current, subscription, "manual", "")
@@ -158,11 +181,17 @@ class Subscriptions:
         was = await cooldowns.enable(self._scripts.enable, refusals, subscription)
         if was != "active":
             log.warning("agent %s: subscription %s enabled (was %s)", agent_id, subscription, was)
+            if self.reloads is not None and self._gated(agent_id):
+                await self.reloads.request(agent_id, subscription)  # a closed gate tries it
         return {"agent_id": agent_id, "subscription_id": subscription, "was": was}
 
     async def state(self, agent_id: str) -> dict[str, Any]:
         return await views.agent_state(
-            self._redis, self._scripts.standings, agent_id, self.priority(agent_id)
+            self._redis,
+            self._scripts.standings,
+            agent_id,
+            self.priority(agent_id),
+            gated=self._gated(agent_id),
         )
 
     async def events(self, agent_ids: list[str], limit: int) -> list[dict[str, Any]]:
@@ -190,6 +219,11 @@ class Subscriptions:
                 )
             back_in = standings.back_in(priority)
             return SwitchResult(False, failed, failed, "no_alternative", back_in), None
+        if self.reloads is not None and self._gated(agent_id):
+            closed = await self.reloads.close(lease, keys, raw, current, candidate, "auto", kind)
+            if not closed.closed:
+                return SwitchResult(False, failed, closed.to, "stale"), None
+            return SwitchResult(True, failed, candidate, "switched"), None
         code, *_ = await self._assign(lease, keys, raw, current, candidate, "auto", kind)
         if code != AssignCode.ASSIGNED:
             return SwitchResult(False, failed, current, "stale"), None
@@ -241,6 +275,25 @@ class Subscriptions:
         standings = await cooldowns.read(self._scripts.standings, keys.refusals)
         raw = as_text(stored) if stored else ""
         return raw, effective(raw, priority), standings
+
+    def _gated(self, agent_id: str) -> bool:
+        return self.reloads is not None and self.reloads.guards(agent_id)
+
+    async def _assign_gated(
+        self, lease: Lease, keys: AgentKeys, raw: str, current: str, subscription: str
+    ) -> SwitchResult:
+        """A manual assignment of an agent that reloads: through its gate (drain, reload,
+        then the assignment), or, while the gate is closed, the subscription its holder
+        tries next."""
+        assert self.reloads is not None
+        agent_id = keys.lease.resource.removeprefix("a:")
+        self._metrics.switches.labels("manual").inc()
+        if await self.reloads.request(agent_id, subscription):
+            return SwitchResult(True, current, subscription, "assigned")
+        if current == subscription:
+            return SwitchResult(False, current, current, "assigned")
+        closed = await self.reloads.close(lease, keys, raw, current, subscription, "manual", "")
+        return SwitchResult(closed.closed, current, closed.to, "assigned")
 
     def _known(self, agent_id: str, subscription: str) -> tuple[str, ...]:
         priority = self.priority(self._agents.resolve(agent_id))
