@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from app.console import feed as feed_module
 from app.console.feed import ConsoleFeed
 from app.console.tokens import ConsoleTokens
 from app.fleet.workers import WorkerRegistry
@@ -317,6 +318,27 @@ async def post_as_globex(api: AppClient, session: str) -> dict[str, Any]:
     assert response.status_code == 202, response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+async def test_the_feed_shows_the_session_busy_longest_behind_many_newer_ones(
+    api: AppClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(feed_module, "SCANNED_SESSIONS", 2)  # reads 2 at each end of the index
+    resources = api.resources
+    slow = (await post(api, "long-job", "slow", metadata=SLOW)).json()
+    await asyncio.gather(*(post(api, f"chat-{i}", "hi", wait=5, expect=200) for i in range(5)))
+    last = (await post(api, "latest", "slow", metadata=SLOW)).json()
+    await wait_status(api, slow["run_id"], "running")
+    await wait_status(api, last["run_id"], "running")
+    feed = ConsoleFeed(
+        resources.listing,
+        resources.workers.alive,
+        lambda: _agents(api),
+        lambda limit: resources.subscriptions.events(resources.agents.ids(), limit),
+        tenant=None,
+    )
+    snapshot, _ = await feed.tick()
+    assert [s["session_id"] for s in snapshot["sessions"]] == ["latest", "long-job"]
 
 
 async def _agents(api: AppClient) -> list[dict[str, Any]]:

@@ -20,8 +20,9 @@ from typing import Any
 from app.fleet.sessions import Entry, SessionListing
 from app.sessions.models import Run
 
-SCANNED_SESSIONS = 500
-"""The sessions admitted last that a snapshot reads (the busy ones are shown)."""
+SCANNED_SESSIONS = 250
+"""A snapshot reads this many sessions at each end of the index (admitted last, and first:
+busy longest), and shows the busy ones; GET /internal/sessions pages through them all."""
 SHOWN_SESSIONS = 200
 RECENT_RUNS = 50
 RUNS_PER_SESSION = 5
@@ -61,7 +62,7 @@ class ConsoleFeed:
         now_ms = time.time() * 1000
         entries = [
             e
-            for e in await self._listing.newest(SCANNED_SESSIONS)
+            for e in await self._listing.both_ends(SCANNED_SESSIONS)
             if self._tenant is None or e.session.tenant == self._tenant
         ]
         views = await self._listing.views([e.session for e in entries])

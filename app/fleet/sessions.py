@@ -93,12 +93,18 @@ class SessionListing:
                 return Page(found, None)
         return Page(found, encode_cursor(last))
 
-    async def newest(self, count: int) -> list[Entry]:
-        """The `count` sessions admitted last, newest first."""
-        raw = await guarded(
-            self._redis.zrevrange(ACTIVE_SESSIONS, 0, count - 1, withscores=True), self._timeout
-        )
-        return _entries(cast(list[tuple[bytes, float]], raw))
+    async def both_ends(self, count: int) -> list[Entry]:
+        """The `count` sessions admitted last (newest first), then the `count` admitted
+        first: the index drops sessions idle for a while, so its oldest entries are the
+        sessions busy longest, and its newest the ones that just had work."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zrevrange(ACTIVE_SESSIONS, 0, count - 1, withscores=True)
+            pipe.zrange(ACTIVE_SESSIONS, 0, count - 1, withscores=True)
+            newest, oldest = await guarded(pipe.execute(), self._timeout)
+        unique: dict[str, Entry] = {}
+        for entry in _entries(cast(list[tuple[bytes, float]], [*newest, *oldest])):
+            unique.setdefault(entry.session.member, entry)
+        return list(unique.values())
 
     async def views(self, sessions: list[SessionRef]) -> list[dict[str, Any] | None]:
         """Each session's holder, active run and queue (None: the session is gone); two
