@@ -40,6 +40,9 @@ class RequestIdMiddleware:
 DUPLICATE_REFUSED = (b"authorization", b"idempotency-key", b"x-internal-secret", b"last-event-id")
 """Headers whose second copy would leave which one counts to whichever layer reads it."""
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_DEPTH = 64
+"""Arrays and objects nested deeper are refused: Redis' scripts decode what is kept with a
+run (cjson, 1000 levels at most) a level or two below where the body put it."""
 
 
 class InputGuardMiddleware:
@@ -74,16 +77,32 @@ class InputGuardMiddleware:
 
 
 def strict_json_problem(body: bytes) -> str | None:
-    """Why `body` is not strict JSON (RFC 8259), or None."""
+    """Why `body` is not strict JSON (RFC 8259) nested at most MAX_DEPTH deep, or None."""
     try:
-        json.loads(body, parse_constant=_not_a_number, parse_float=_finite_float)
+        value = json.loads(body, parse_constant=_not_a_number, parse_float=_finite_float)
     except UnicodeDecodeError:
         return "the body is not UTF-8"
     except json.JSONDecodeError as exc:
         return f"the body is not JSON: {exc.msg} at position {exc.pos}"
     except ValueError as exc:
         return f"the body is not strict JSON: {exc}"
+    except RecursionError:
+        return f"the body is nested deeper than {MAX_DEPTH} levels"
+    if body.count(b"[") + body.count(b"{") > MAX_DEPTH and _depth(value) > MAX_DEPTH:
+        return f"the body is nested deeper than {MAX_DEPTH} levels"
     return None
+
+
+def _depth(value: object) -> int:
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth + 1)
+            pending.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def _not_a_number(token: str) -> float:

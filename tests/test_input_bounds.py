@@ -16,6 +16,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from app.middleware import MAX_DEPTH
 from app.redis import as_text
 from app.redis.server import RedisServer
 from app.routers.models.params import MAX_OFFSET
@@ -88,6 +89,20 @@ async def test_non_finite_numbers_in_json_are_refused_and_write_nothing(
         response = await api.post(path, content=body % number, headers=JSON | INTERNAL)
         assert_problem(response, 422, "invalid-json")
     assert await keyspace(redis) == before
+
+
+async def test_json_nested_too_deep_is_refused(api: AppClient, redis: Redis) -> None:
+    before = await keyspace(redis)
+    for depth in [MAX_DEPTH, 5000]:  # the body's object is one level more
+        nested = "[" * depth + "1" + "]" * depth
+        body = '{"text": "hi", "metadata": {"x": ' + nested + "}}"
+        response = await api.post("/v1/sessions/s/messages", content=body, headers=JSON)
+        assert_problem(response, 422, "invalid-json")
+    assert await keyspace(redis) == before
+    fits = "[" * (MAX_DEPTH - 3) + "1" + "]" * (MAX_DEPTH - 3)
+    body = '{"text": "hi", "metadata": {"x": ' + fits + "}}"
+    done = await api.post("/v1/sessions/s/messages?wait=5", content=body, headers=JSON)
+    assert done.status_code == 200, done.text
 
 
 async def test_unparseable_json_is_422_problem(api: AppClient, redis: Redis) -> None:
