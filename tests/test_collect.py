@@ -134,6 +134,12 @@ async def test_a_waiting_collect_run_stops_at_once_and_the_default_comes_from_pa
         assert time.monotonic() - began < 5  # not the 30 s of its window
         after = (await post(api, "w", "two", busy_policy="enqueue", wait=5, expect=200)).json()
         assert after["status"] == "completed"
+        # A message put before a collect run that is waiting runs now, not after its window.
+        waiting = (await post(api, "w", "three", expect=202)).json()
+        urgent = (await post(api, "w", "now", busy_policy="interrupt", wait=5)).json()
+        assert urgent["status"] == "completed", urgent
+        assert (await run_of(api, waiting["run_id"]))["status"] == "queued"
+        await api.post("/v1/sessions/w/stop")
 
 
 @pytest.fixture

@@ -158,7 +158,10 @@ local function main()
   emit('queued', run_id, '')
   if not granted then
     run.disposition = run.disposition or 'queued'
-    if policy == 'latest' then supersede_queue(run_id, run, now) end
+    if policy == 'latest' then
+      supersede_queue(run_id, run, now)
+      wake_waiting()
+    end
     local cut = CUTS[policy]
     if cut then
       if active ~= '' and request_stop(active, cut[1], cut[2] .. run_id) then
@@ -169,6 +172,7 @@ local function main()
       retain()
       note_start_by(run)
       redis.call('LPUSH', K_QUEUE, run_id)
+      wake_waiting()
       return queued_answer(1, active, run)
     end
     save_run(run_id, run)

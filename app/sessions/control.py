@@ -56,14 +56,6 @@ local function end_active(error, now, reason)
   return nil
 end
 
--- The holder may be waiting for a collect run that has just been cancelled: tell it to
--- stop waiting (if the message is lost, it stops when its wait ends anyway).
-local function wake_waiting(reason)
-  local waiting = redis.call('HGET', K_STATE, 'waiting') or ''
-  local run = waiting ~= '' and load_run(waiting)
-  if run and run.status ~= 'queued' then signal_holder(waiting, reason) end
-end
-
 -- End every run of the session: the queued ones, then the active one.
 local function end_all(error, now, reason)
   local ended = cancel_queue(error, now, reason)
@@ -88,7 +80,7 @@ local function main()
   if run.status == 'queued' then
     redis.call('LREM', K_QUEUE, 0, run_id)
     finish_run(run_id, 'cancelled', 'cancelled by request', now_us(), ARGV[2])
-    wake_waiting('cancelled:' .. ARGV[2])
+    wake_waiting()
     return answer({CANCELLED})
   end
   if run.status == 'running' then
@@ -116,7 +108,7 @@ local function main()
     kept = redis.call('LRANGE', K_QUEUE, 0, -1)
   else
     cancelled = cancel_queue('session stopped', now_us(), 'stop')
-    wake_waiting('cancelled:stop')
+    wake_waiting()
   end
   local active = redis.call('HGET', K_STATE, 'active_run') or ''
   if active ~= '' and request_stop(active, 'cancelled', 'stop') then
@@ -138,7 +130,7 @@ local function main()
   if redis.call('EXISTS', K_STATE) == 0 then return {NOT_FOUND} end
   local now = now_us()
   local cancelled = end_all('session reset', now, 'reset')
-  wake_waiting('reset:reset')
+  wake_waiting()
   redis.call('DEL', K_LEASE, K_TRANSCRIPT)
   redis.call('HINCRBY', K_STATE, 'fence', 1)
   local generation = redis.call('HINCRBY', K_STATE, 'generation', 1)
@@ -166,7 +158,7 @@ local function main()
   if redis.call('EXISTS', K_STATE) == 0 then return {NOT_FOUND} end
   local now = now_us()
   local cancelled = end_all('session deleted', now, 'deleted')
-  wake_waiting('reset:deleted')
+  wake_waiting()
   redis.call('DEL', K_LEASE, K_STATE, K_QUEUE, K_RUNS, K_ORDER, K_TRANSCRIPT, K_EVENTS,
              K_OUTBOX, K_OUTBOX_DUE)
   last_event = nil  -- nothing to announce on a stream that is gone

@@ -297,6 +297,14 @@ local function flat_next(run_id, run, now)
   return flat(run_id, run)
 end
 
+-- The holder may be waiting for a collect run (`waiting`) while the queue changed under
+-- it (the run was cancelled, a run was put before it): tell it to look again now. If
+-- this message is lost, it looks when its wait ends anyway.
+local function wake_waiting()
+  local waiting = redis.call('HGET', K_STATE, 'waiting') or ''
+  if waiting ~= '' then signal_holder(waiting, 'wake') end
+end
+
 -- Ask the holder to stop the active run with `status` (cancelled, interrupted), saying
 -- why: written to the state (the holder's renewal reads it) and published (the holder
 -- hears it at once) as "<status>:<reason>".

@@ -148,6 +148,8 @@ class Sessions:
         if active is not None:
             active.stop(reason)
             return
+        if reason == "wake":  # only for a holder waiting for a collect run right now
+            return
         self._early[run_id] = reason
         while len(self._early) > EARLY_SIGNALS_KEPT:
             self._early.popitem(last=False)
