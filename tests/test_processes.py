@@ -161,7 +161,7 @@ def test_an_unreachable_redis_is_reported_once_per_interval_and_ready_waits_for_
 ) -> None:
     redis_port, port = free_port(), free_port()
     password = "pw-s3cret-0004"
-    interval = 1.0
+    interval = 0.5
     env = base_env(
         LEASEGATE_REDIS_URL=f"redis://:{password}@127.0.0.1:{redis_port}/0",
         LEASEGATE_REDIS_WARNING_INTERVAL_SECONDS=str(interval),
@@ -188,8 +188,8 @@ def test_an_unreachable_redis_is_reported_once_per_interval_and_ready_waits_for_
         )
         for times in reports().values():
             gaps = [b - a for a, b in itertools.pairwise(times)]
-            assert min(gaps) >= interval * 0.95, gaps
-        assert "more like it in the last 1 s not shown" in app.output()  # it was a flood
+            assert min(gaps) >= interval * 0.8, gaps  # record times, not the filter's
+        assert "more like it in the last 0.5 s not shown" in app.output()  # it was a flood
         assert password not in app.output()
         assert "leasegate ready" not in app.output()
 
@@ -215,7 +215,7 @@ def readyz(url: str) -> int | None:
 
 def test_ctrl_c_with_a_run_in_flight_says_what_it_waits_for(tmp_path: Path) -> None:
     port = free_port()
-    grace = 2
+    grace = 1
     env = base_env(
         LEASEGATE_DATA_DIR=str(tmp_path / "data"), LEASEGATE_SHUTDOWN_GRACE_SECONDS=str(grace)
     )
@@ -230,11 +230,11 @@ def test_ctrl_c_with_a_run_in_flight_says_what_it_waits_for(tmp_path: Path) -> N
         assert serve.process.wait(timeout=grace + 15) == 0
     said = messages(serve.stderr.read_text())
     assert any(
-        m.startswith("SIGINT: stopping; each worker lets its runs in flight finish for up to 2s")
+        m.startswith("SIGINT: stopping; each worker lets its runs in flight finish for up to 1s")
         for m in said
     ), said
     assert (
-        "stopping: waiting up to 2s (LEASEGATE_SHUTDOWN_GRACE_SECONDS) for 1 run(s) in flight "
+        "stopping: waiting up to 1s (LEASEGATE_SHUTDOWN_GRACE_SECONDS) for 1 run(s) in flight "
         "to finish, then interrupting them"
     ) in said
     assert not marked(serve.mark)
