@@ -220,6 +220,12 @@ async def test_an_operator_sees_a_busy_session_and_stops_it(server: Server, tmp_
                 await page.mouse.move(0, 0)
                 await page.screenshot(path=str(shots / "console-stopped.png"), full_page=True)
 
+                other_tenant = page.locator('#sessions tr[data-session="globex/globex-batch"]')
+                await expect(other_tenant).to_have_count(1)
+                await page.locator("#tenant").fill("acme")  # the tenant filter
+                await page.locator("#tenant").dispatch_event("change")
+                await expect(page.locator('#sessions tr[data-session^="globex/"]')).to_have_count(0)
+
                 ended = (await http.get(f"/v1/runs/{run_id}", headers=ACME)).json()
                 assert ended["status"] == "cancelled" and ended["reason"] == "stop"
                 dropped = (await http.get(f"/v1/runs/{queued_id}", headers=ACME)).json()

@@ -351,7 +351,12 @@ document.addEventListener("DOMContentLoaded", () => {
   $("login-form").addEventListener("submit", (e) => { e.preventDefault(); signIn($("secret").value); });
   $("logout").addEventListener("click", signOut);
   $("tenant").addEventListener("change", () => {
-    sessionStorage.setItem(TENANT, $("tenant").value.trim());
+    const tenant = $("tenant").value.trim();
+    if (tenant && !/^[A-Za-z0-9._-]{1,64}$/.test(tenant)) {
+      banner(`"${tenant}" is no tenant: 1-64 characters of A-Z a-z 0-9 . _ -`);
+      return;
+    }
+    sessionStorage.setItem(TENANT, tenant);
     connect();
   });
   $("detail-close").addEventListener("click", () => { detail = null; $("detail").hidden = true; });
