@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from app import logs, openapi, problems
+from app import logs, openapi, problems, supervision
 from app.agents import AgentRegistry
 from app.errors import AgentsConfigError, ConfigurationError
 from app.metrics import Metrics
 from app.middleware import InputGuardMiddleware, RequestIdMiddleware
+from app.readiness import announce_when_ready
+from app.redis.outage import install_outage_log
 from app.resources import Resources
 from app.routers import agents as agents_router
 from app.routers import agui, capacity, events, health, internal, runs, sessions
@@ -22,13 +24,9 @@ from app.routers import console as console_router
 from app.routers import metrics as metrics_router
 from app.routers import operators as operators_router
 from app.settings import Settings
+from app.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
-
-STARTUP_FAILURE = 3
-"""How a worker whose configuration is invalid exits: uvicorn's code for a worker that could
-not start, on which its multiprocess supervisor (uvicorn 0.50 and later) stops the server
-instead of starting another worker that would fail the same way, forever."""
 
 
 def create_app(
@@ -45,18 +43,27 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         resources = await Resources.open(settings, metrics, agents)
         app.state.resources = resources
-        log.info(
-            "leasegate ready: lease ttl %.3gs, heartbeat %.3gs",
-            settings.lease_ttl_seconds,
-            settings.heartbeat_interval,
-        )
         _announce_auth(settings)
+
+        async def check() -> None:
+            await resources.redis.ping()
+            await resources.load_scripts()
+
+        ready = asyncio.create_task(
+            announce_when_ready(
+                check,
+                f"leasegate ready: lease ttl {settings.lease_ttl_seconds:.3g}s, "
+                f"heartbeat {settings.heartbeat_interval:.3g}s",
+            )
+        )
         try:
             yield
         finally:
+            await cancel_and_wait(ready)
             await resources.close()
 
     logs.configure(settings.log_level, settings.log_format)
+    install_outage_log(settings.redis_url_or_default, settings.redis_warning_interval_seconds)
     app = FastAPI(title="leasegate", version="0.1.0", lifespan=lifespan)
     app.add_middleware(InputGuardMiddleware)  # inside the request id: its answers carry one
     app.add_middleware(RequestIdMiddleware)
@@ -94,11 +101,11 @@ def load_configuration(agents: AgentRegistry | None = None) -> tuple[Settings, A
 
 
 def _configured_or_exit(agents: AgentRegistry | None) -> tuple[Settings, AgentRegistry]:
+    supervision.die_with_supervisor()
     try:
         return load_configuration(agents)
     except ConfigurationError as exc:
-        print(f"leasegate: invalid configuration: {exc}", file=sys.stderr, flush=True)
-        sys.exit(STARTUP_FAILURE)
+        supervision.refuse_to_start(str(exc))
 
 
 def _settings_problems(exc: ValidationError) -> str:
