@@ -103,6 +103,28 @@ async def target_redis(redis_target: RedisTarget) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
+@pytest.fixture(scope="session")
+def cluster_fleet_servers(
+    redis_cluster: LocalRedisCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Servers]:
+    """Real multi-process servers (as `servers`) on the session's cluster, shared."""
+    with running_servers(redis_cluster.url, tmp_path_factory.mktemp("cluster-fleet")) as running:
+        yield running
+
+
+@pytest.fixture(params=["single", "cluster"])
+def fleet(request: pytest.FixtureRequest) -> Servers:
+    """A 4-worker server and a second process on each Redis topology in turn (one server,
+    then the cluster), that Redis emptied for this test."""
+    if request.param == "cluster":
+        request.getfixturevalue("clean_cluster")
+        servers: Servers = request.getfixturevalue("cluster_fleet_servers")
+        return servers
+    single_target(request.getfixturevalue("redis_server").url).flushall()
+    servers = request.getfixturevalue("servers")
+    return servers
+
+
 @pytest.fixture
 def cluster_servers(
     clean_cluster: LocalRedisCluster, tmp_path_factory: pytest.TempPathFactory

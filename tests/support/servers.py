@@ -95,6 +95,36 @@ def client(url: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient
     return httpx.AsyncClient(base_url=url, timeout=30, headers=ACME if headers is None else headers)
 
 
+class _Alternating(httpx.AsyncBaseTransport):
+    """Sends each request to the next of several servers in turn."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self._urls = [httpx.URL(url) for url in urls]
+        self._next = 0
+        self._transport = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        target = self._urls[self._next % len(self._urls)]
+        self._next += 1
+        request.url = request.url.copy_with(host=target.host, port=target.port)
+        request.headers["host"] = f"{target.host}:{target.port}"
+        return await self._transport.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+
+def fleet_client(servers: Servers, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    """A client whose requests go to the 4-worker server and the second process in turn,
+    as a load balancer in front of two replicas would send them."""
+    return httpx.AsyncClient(
+        base_url=servers.four_workers,
+        timeout=30,
+        headers=ACME if headers is None else headers,
+        transport=_Alternating([servers.four_workers, servers.other_process]),
+    )
+
+
 AGENTS_TOML = """
 [[subscriptions]]
 id = "sub-a"
