@@ -29,6 +29,7 @@ from tests.support.servers import (
     INTERNAL_SECRET,
     write_agents_file,
 )
+from tests.support.targets import RedisTarget
 from tests.support.waiting import wait_until
 
 SLOW = {"delay_ms": 60_000}
@@ -241,6 +242,38 @@ async def test_redis_unreachable_is_a_503_and_the_console_page_needs_none(
         assert script.status_code == 200 and "EventSource" in script.text
         assert (await api.get("/console/console.css")).status_code == 200
         assert (await api.get("/console/secrets.txt")).status_code in (404, 422)
+
+
+async def test_workers_and_sessions_list_on_each_topology(
+    target_redis: Redis, redis_target: RedisTarget
+) -> None:
+    async with app_client(
+        redis_target.url,
+        worker_heartbeat_seconds=0.2,
+        shutdown_grace_seconds=0.2,
+        internal_secret=INTERNAL_SECRET,
+        headers=INTERNAL,
+    ) as api:
+        slow = [(await post(api, f"s{i}", "slow", metadata=SLOW)).json() for i in range(4)]
+        for run in slow:
+            await wait_status(api, run["run_id"], "running")
+
+        async def registered() -> bool:
+            workers = (await api.get("/internal/workers")).json()["workers"]
+            return api.resources.workers.worker_id in [w["worker"] for w in workers]
+
+        await wait_until(registered, what="the worker in the registry")
+        seen: list[str] = []
+        cursor: str | None = None
+        while True:
+            page = await sessions(api, limit=3, **({"cursor": cursor} if cursor else {}))
+            seen += [s["active_run"]["run_id"] for s in page["sessions"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert sorted(seen) == sorted(run["run_id"] for run in slow)
+        stopped = await api.post("/internal/sessions/default/s0/stop")
+        assert stopped.json()["cancelled"] == [slow[0]["run_id"]]
 
 
 async def test_agents_list_each_agent_as_its_own_view(api: AppClient) -> None:
