@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from app.redis.server import RedisServer, free_port
+from app.redis.server import free_port
 from app.sessions.ref import SessionRef
 from tests.support.api import AppClient, app_client, post, wait_status
 from tests.support.receiver import SECRET, Receiver, running_receiver
 from tests.support.servers import single_process_servers
+from tests.support.targets import RedisTarget
 from tests.support.waiting import wait_until
 
 INTERNAL = {"X-Internal-Secret": "internal-secret-0001"}
@@ -43,8 +44,9 @@ def webhook_settings(**overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def api(redis_server: RedisServer, redis: object) -> AsyncIterator[AppClient]:
-    async with app_client(redis_server.url, **webhook_settings()) as http:
+async def api(redis_target: RedisTarget, target_redis: object) -> AsyncIterator[AppClient]:
+    """An app on each Redis topology in turn: one server, then the cluster."""
+    async with app_client(redis_target.url, **webhook_settings()) as http:
         yield http
 
 
@@ -97,12 +99,12 @@ async def test_a_refusal_is_not_retried_and_can_be_delivered_again(
 
 
 async def test_every_terminal_status_is_posted(
-    redis_server: RedisServer, redis: object, receiver: Receiver
+    redis_target: RedisTarget, target_redis: object, receiver: Receiver
 ) -> None:
     """LEASEGATE_RUN_WEBHOOK_URL: every run, however it ends (here cancelled while queued,
     and stopped while running)."""
     settings = webhook_settings(run_webhook_url=receiver.url)
-    async with app_client(redis_server.url, **settings) as api:
+    async with app_client(redis_target.url, **settings) as api:
         active = (await post(api, "s", "long", metadata={"delay_ms": 60_000})).json()
         queued = (await post(api, "s", "queued")).json()
         await api.post("/v1/sessions/s/stop")
@@ -124,7 +126,7 @@ async def test_a_url_the_service_may_not_call_is_refused_and_changes_nothing(
 
 @pytest.mark.multiprocess
 async def test_a_worker_killed_before_delivering_loses_nothing(
-    redis_server: RedisServer, tmp_path: Path
+    redis_target: RedisTarget, target_redis: Redis, tmp_path: Path
 ) -> None:
     port = free_port()  # nothing listens there yet: every attempt fails until it does
     url = f"http://127.0.0.1:{port}/hook"
@@ -136,21 +138,20 @@ async def test_a_worker_killed_before_delivering_loses_nothing(
         "LEASEGATE_WEBHOOK_TIMEOUT_SECONDS": "1",
     }
     session = f"wh-{uuid.uuid4().hex[:8]}"
-    with single_process_servers(redis_server.url, tmp_path, 1, **env) as [(first, process)]:
+    with single_process_servers(redis_target.url, tmp_path, 1, **env) as [(first, process)]:
         runs = [(await post(first, session, f"m{i}", wait=5)).json()["run_id"] for i in range(3)]
         process.send_signal(signal.SIGKILL)
         process.wait(10)
     (tmp_path / "b").mkdir()
-    probe = Redis.from_url(redis_server.url)
+    probe = target_redis
     outbox = SessionRef.of("default", session).keys.outbox
 
     async def settled() -> bool:
         return await probe.hlen(outbox) == 0
 
     async with running_receiver(port) as receiver:
-        with single_process_servers(redis_server.url, tmp_path / "b", 1, **env):
+        with single_process_servers(redis_target.url, tmp_path / "b", 1, **env):
             await received(receiver, 3)
             await wait_until(settled, 10, "every delivery settled")  # nothing more to send
-    await probe.aclose()
     assert sorted(h.webhook_id for h in receiver.received) == sorted(runs)  # once each
     assert all(h.verified for h in receiver.received)
