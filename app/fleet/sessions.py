@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, cast
@@ -52,7 +53,7 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         score, _, member = raw.partition("/")
-        if not member:
+        if not member or not math.isfinite(float(score)):
             raise ValueError(member)
         return float(score), member
     except (binascii.Error, UnicodeDecodeError, ValueError):
