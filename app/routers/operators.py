@@ -21,6 +21,7 @@ from app.console.feed import ConsoleFeed
 from app.console.tokens import ConsoleTokens
 from app.deps import Caller, ConsoleStreamDep, InternalDep, SessionCall, SessionIdPath
 from app.errors import RedisUnavailableError
+from app.middleware import SAFE_ID
 from app.resources import Resources
 from app.routers import runs as runs_router
 from app.routers import sessions as sessions_router
@@ -132,7 +133,7 @@ async def stop_session(
         "operator stopped session %s/%s (request %s): cancelled %s",
         tenant,
         session_id,
-        x_request_id or "-",
+        _request_id(x_request_id),
         answer["cancelled"],
     )
     return answer
@@ -158,7 +159,7 @@ async def reset_session(
         "operator reset session %s/%s (request %s): generation %s, cancelled %s",
         tenant,
         session_id,
-        x_request_id or "-",
+        _request_id(x_request_id),
         answer["generation"],
         answer["cancelled"],
     )
@@ -186,7 +187,7 @@ async def cancel_run(
     log.info(
         "operator cancelled run %s (request %s): %s",
         run_id,
-        x_request_id or "-",
+        _request_id(x_request_id),
         json.loads(bytes(answer.body))["status"],
     )
     return answer
@@ -251,6 +252,12 @@ async def console_stream(
             await asyncio.sleep(interval)
 
     return EventSourceResponse(events(), ping=PING, send_timeout=30)
+
+
+def _request_id(presented: str | None) -> str:
+    """The request id the middleware kept (it replaces one that is not a safe id: JSON log
+    lines carry that one in their `request_id` field)."""
+    return presented if presented and SAFE_ID.fullmatch(presented) else "-"
 
 
 async def _agents(resources: Resources) -> list[dict[str, Any]]:
