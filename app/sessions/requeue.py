@@ -67,8 +67,9 @@ local function main()
   if ARGV[5] ~= '1' then
     local next_id, next_run = pop_next(now, state[3] or '', state[4])
     if next_id then
+      -- The run as it is now (started again, being at the head), as a re-send sees it.
       redis.call('PEXPIRE', K_LEASE, LEASE_TTL_MS)
-      return append(append({NEXT}, flat(run_id, run)), flat(next_id, next_run))
+      return append(append({NEXT}, flat(run_id, load_run(run_id))), flat(next_id, next_run))
     end
   end
   redis.call('HSET', K_STATE, 'active_run', '')
