@@ -147,12 +147,12 @@ async def some_history(server: Server, seconds: float) -> None:
             await asyncio.sleep(0.05 + 0.3 * (1 - busy))
 
 
+@pytest.mark.skipif(
+    not HAVE_CHROMIUM,
+    reason=f"no Chromium at {CHROMIUM}: install Debian's chromium package "
+    "(`make test` does where apt-get works) to run the console's browser test",
+)
 async def test_an_operator_sees_a_busy_session_and_stops_it(server: Server, tmp_path: Path) -> None:
-    if not HAVE_CHROMIUM:
-        pytest.skip(
-            f"no Chromium at {CHROMIUM}: install Debian's chromium package "
-            "(`make test` does where apt-get works) to run the console's browser test"
-        )
     playwright = pytest.importorskip("playwright.async_api", reason="pip install playwright")
     expect = playwright.expect
     keep = os.environ.get("LEASEGATE_CONSOLE_SCREENSHOTS")
