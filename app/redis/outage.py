@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from redis.exceptions import (
     ClusterDownError,
@@ -80,7 +80,8 @@ def redacted(url: str) -> str:
         f"{name}=***" if name.lower() in SECRET_PARAMETERS else f"{name}={value}"
         for name, value in (pair.partition("=")[::2] for pair in parts.query.split("&") if pair)
     )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    # Not urlunsplit, which writes `unix:/path` for `unix:///path`.
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 SECRET_PARAMETERS = frozenset({"password", "sentinel_password"})
