@@ -94,6 +94,23 @@ async def test_a_worker_registers_with_its_holds_and_a_dead_one_expires(
     assert await redis.zscore(WORKERS, api.resources.workers.worker_id) is None
 
 
+async def test_a_worker_reports_the_runs_it_ended_and_their_rate(redis: Redis) -> None:
+    ended = [0]
+    registry = WorkerRegistry(
+        redis, worker_id="rate-host:7", interval=1, held=list, finished=lambda: ended[0]
+    )
+    ended[0] = 12
+    await registry.beat()
+    [entry] = [w for w in await registry.alive() if w["worker"] == "rate-host:7"]
+    assert entry["runs_finished"] == 12 and entry["runs_per_second"] > 0
+    assert entry["pid"] == 7 and entry["host"] == "rate-host" and entry["runs"] == []
+    await registry.beat()  # none ended since: the rate falls to nothing
+    [entry] = [w for w in await registry.alive() if w["worker"] == "rate-host:7"]
+    assert entry["runs_finished"] == 12 and entry["runs_per_second"] == 0
+    await registry.close()
+    assert all(w["worker"] != "rate-host:7" for w in await registry.alive())
+
+
 async def test_busy_sessions_show_holder_active_run_and_queue(api: AppClient) -> None:
     first = (await post(api, "s1", "slow", metadata=SLOW)).json()
     second = (await post(api, "s1", "next")).json()
