@@ -18,7 +18,8 @@ subscription it had loaded, and refused (429, `Retry-After: 60`) while that one 
                      one loaded at its start and its end, outcome (refused, finished,
                      disconnected)
 
-Run as `python -m tests.support.reload_agent --port N`.
+Run as `python -m tests.support.reload_agent --port N`. `LocalReloader` is the same agent
+as a `python` one, in the test's process.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from app.agents import AgentRequest
+from app.agents.base import Subscription
+from app.errors import SubscriptionFailureError
 from app.redis.server import free_port
 from tests.support.waiting import wait_until_sync
 
@@ -214,6 +218,32 @@ def _answers(url: str) -> bool:
         return httpx.get(f"{url}/report", timeout=1.0).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+class LocalReloader:
+    """The same agent as a `python` one (`reload_method = "reload"`), for one process: runs
+    on a subscription in `refusing` are refused as rate-limited, before any text."""
+
+    def __init__(self) -> None:
+        self.loaded = INITIAL
+        self.refusing: set[str] = set()
+        self.reloads: list[str] = []
+        self.runs: list[tuple[str | None, str]] = []
+        """(the subscription forwarded, the one loaded) per run."""
+
+    async def stream(self, request: AgentRequest) -> AsyncIterator[str]:
+        forwarded = request.subscription.id if request.subscription else None
+        self.runs.append((forwarded, self.loaded))
+        if self.loaded in self.refusing:
+            raise SubscriptionFailureError("rate_limit", forwarded, "rate limit reached")
+        yield f"on {self.loaded}"
+
+    async def reload(self, subscription: Subscription) -> None:
+        self.reloads.append(subscription.id)
+        self.loaded = subscription.id
+
+    async def aclose(self) -> None:
+        return None
 
 
 def main() -> None:

@@ -1,0 +1,88 @@
+"""Drain-aware reload of a `python` agent (`reload_method`), in one process on a real
+redis-server; and the agents file's checks of reload hooks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from app.agents import AgentRegistry
+from app.errors import AgentsConfigError
+from app.redis.server import RedisServer
+from tests.support.api import app_client, post
+from tests.support.reload_agent import LocalReloader
+from tests.support.servers import INTERNAL, INTERNAL_SECRET
+from tests.support.settings import make_settings
+
+AGENTS = """
+[[subscriptions]]
+id = "sub-a"
+[[subscriptions]]
+id = "sub-b"
+
+[[agents]]
+id = "local"
+backend = "python"
+entrypoint = "tests.support.reload_agent:LocalReloader"
+reload_method = "{method}"
+drain_timeout_seconds = 5
+subscriptions = ["sub-a", "sub-b"]
+"""
+
+
+def agents_file(folder: Path, method: str = "reload") -> Path:
+    path = folder / "agents.toml"
+    path.write_text(AGENTS.format(method=method))
+    return path
+
+
+async def test_a_python_agent_is_reloaded_before_any_run_reaches_it_on_the_new_key(
+    redis_server: RedisServer, redis: Redis, tmp_path: Path
+) -> None:
+    async with app_client(
+        redis_server.url,
+        headers=INTERNAL,
+        agents_file=agents_file(tmp_path),
+        internal_secret=INTERNAL_SECRET,
+    ) as api:
+        agent = api.resources.agents.get("local")
+        assert isinstance(agent, LocalReloader)
+        assert (await post(api, "p-1", "hi", agent_id="local", wait=10)).json()["output"] == (
+            "on sub-a"
+        )
+        agent.refusing = {"sub-a"}
+        run = (await post(api, "p-2", "hi", agent_id="local", wait=10, expect=200)).json()
+        assert (run["status"], run["output"], run["subscription"]) == (
+            "completed",
+            "on sub-b",
+            "sub-b",
+        )
+        assert agent.reloads == ["sub-b"]
+        assert agent.runs == [("sub-a", "sub-a"), ("sub-a", "sub-a"), ("sub-b", "sub-b")]
+        state = (await api.get("/internal/agents/local")).json()
+        assert state["subscription"] == "sub-b"
+        assert state["gate"] | {"closed_at": None} == {
+            "state": "open",
+            "phase": "open",
+            "from": "sub-a",
+            "to": "sub-b",
+            "reason": "auto",
+            "closed_at": None,
+            "drain_until": None,
+            "expires_in_ms": None,
+            "error": None,
+            "failed_subscription": None,
+            "in_flight": {},
+        }
+        reloads = api.resources.metrics.registry.get_sample_value(
+            "leasegate_agent_reloads_total", {"outcome": "ok"}
+        )
+        assert reloads == 1
+
+
+def test_a_reload_method_the_agent_does_not_have_stops_start_up(tmp_path: Path) -> None:
+    settings = make_settings("redis://127.0.0.1:1/0", agents_file=agents_file(tmp_path, "nope"))
+    with pytest.raises(AgentsConfigError, match="reload_method 'nope' is not an async method"):
+        AgentRegistry.from_settings(settings)
