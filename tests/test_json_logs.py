@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.logs import uvicorn_log_config
 from app.redis.server import RedisServer, free_port
 from tests.support.processes import service
 from tests.support.servers import base_env, leasegate_command, uvicorn_command
@@ -44,7 +45,14 @@ def exercise(url: str, port: int) -> None:
         sock.recv(1024)
 
 
-@pytest.mark.parametrize("how", ["leasegate-serve", "bare-uvicorn"])
+LOG_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "uvicorn-log.json"
+
+
+def test_the_log_config_file_for_a_bare_uvicorn_is_the_one_leasegate_serve_uses() -> None:
+    assert json.loads(LOG_CONFIG.read_text()) == uvicorn_log_config("json")
+
+
+@pytest.mark.parametrize("how", ["leasegate-serve", "bare-uvicorn", "bare-uvicorn-workers"])
 def test_every_line_on_stdout_and_stderr_is_one_json_object(
     how: str, redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -54,7 +62,10 @@ def test_every_line_on_stdout_and_stderr_is_one_json_object(
         command = leasegate_command("serve", "--port", str(port), "--workers", "2")
         env = base_env(LEASEGATE_DATA_DIR=str(tmp_path / "data"), LEASEGATE_LOG_FORMAT="json")
     else:
-        command = uvicorn_command(port, workers=1)
+        workers = 2 if how == "bare-uvicorn-workers" else 1
+        command = uvicorn_command(port, workers)
+        if workers > 1:  # the supervisor runs no leasegate code but this file's formatter
+            command += ["--log-config", str(LOG_CONFIG)]
         env = base_env(LEASEGATE_REDIS_URL=redis_server.url, LEASEGATE_LOG_FORMAT="json")
     with service(command, env, tmp_path, url) as started:
         exercise(url, port)
@@ -69,6 +80,7 @@ def test_every_line_on_stdout_and_stderr_is_one_json_object(
     assert ("uvicorn.error", "Invalid HTTP request received.") in said
     assert any(logger == "app.main" and m.startswith("leasegate ready") for logger, m in said)
     assert any(logger == "uvicorn.error" and "Started server process" in m for logger, m in said)
-    if how == "leasegate-serve":  # the supervisor's own lines, and leasegate serve's
+    if how != "bare-uvicorn":  # the supervisor's own lines
         assert any(m.startswith("Started parent process") for _, m in said)
+    if how == "leasegate-serve":
         assert any(m == "embedded redis-server stopped" for _, m in said)
