@@ -230,6 +230,13 @@ def execution_key(execution_id: str) -> str:
     return f"{NAMESPACE}:{{x:{checked(execution_id)}}}:execution"
 
 
+def execution_idempotency_key(idempotency_key: str) -> str:
+    """Which execution id an execute-task idempotency key was first used with (the key
+    is any header value: its SHA-256 goes in the name)."""
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+    return f"{NAMESPACE}:{{xk:{digest}}}:execution-id"
+
+
 @dataclass(frozen=True, slots=True)
 class AgentKeys:
     """The keys of one agent's subscription state, all in one hash slot with its switch lease.
@@ -239,7 +246,10 @@ class AgentKeys:
       a run leaving `inflight` while the gate is closed;
     - `gate_state`: hash, what the gate is doing (from, to, phase, error, ...);
     - `inflight`: hash `<run id>/<fence>` -> `<subscription>|<expiry ms>` of the runs that
-      passed the gate (`app/subscriptions/gate.py`), renewed by their worker.
+      passed the gate (`app/subscriptions/gate.py`), renewed by their worker;
+    - `notices`: the agent's outbox of switch webhooks (`<event id>`: JSON of the
+      delivery), `notices_due` their ids by when each is due (ms), `notices_cursor` the
+      last event of `events` moved into the outbox (`app/webhooks/notices.py`).
     """
 
     lease: LeaseKeys
@@ -250,13 +260,9 @@ class AgentKeys:
     gate_state: str
     inflight: str
     left: str
-
-
-def execution_idempotency_key(idempotency_key: str) -> str:
-    """Which execution id an execute-task idempotency key was first used with (the key
-    is any header value: its SHA-256 goes in the name)."""
-    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
-    return f"{NAMESPACE}:{{xk:{digest}}}:execution-id"
+    notices: str
+    notices_due: str
+    notices_cursor: str
 
 
 def agent_keys(agent_id: str) -> AgentKeys:
@@ -276,4 +282,7 @@ def agent_keys(agent_id: str) -> AgentKeys:
         gate_state=f"{prefix}gate:state",
         inflight=f"{prefix}inflight",
         left=f"{prefix}gate:left",
+        notices=f"{prefix}notices",
+        notices_due=f"{prefix}notices:due",
+        notices_cursor=f"{prefix}notices:cursor",
     )

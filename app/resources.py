@@ -46,6 +46,7 @@ from app.subscriptions.scripts import SubscriptionScripts
 from app.subscriptions.switcher import Subscriptions
 from app.subscriptions.webhook import Webhook
 from app.webhooks.deliverer import Deliverer
+from app.webhooks.notices import Notices
 from app.webhooks.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -202,18 +203,25 @@ class Resources:
         )
         outbox = Outbox(redis, limits)
         deliverer = None
-        if settings.webhook_secret is not None:
+        notices = Notices(redis, [a for a in agents.ids() if agents.subscriptions_of(a)])
+        if settings.webhook_secret is not None or webhook is not None:
+            signing = settings.webhook_secret
             deliverer = Deliverer(
                 redis,
                 outbox,
                 index,
                 leases,
-                secret=settings.webhook_secret.get_secret_value(),
+                secret=signing.get_secret_value() if signing else None,
                 interval=settings.webhook_interval_seconds,
                 timeout=settings.webhook_timeout_seconds,
                 max_attempts=settings.webhook_max_attempts,
                 retry_base=settings.webhook_retry_base_seconds,
+                notices=notices,
+                switch_url=webhook.url if webhook else None,
             )
+            if webhook is not None:
+                webhook.attach(deliverer.soon)
+            await deliverer.prepare()
         workers = WorkerRegistry(
             redis,
             worker_id=worker,
@@ -238,6 +246,7 @@ class Resources:
             *control.scripts,
             *index.scripts,
             *outbox.scripts,
+            *notices.scripts,
             *capacity.scripts,
             *requeues.scripts,
             *gate_scripts.all(),

@@ -1,60 +1,31 @@
-"""One POST per subscription switch to the configured webhook, with a bounded retry.
+"""The switch webhook (LEASEGATE_WEBHOOK_URL), as the switcher sees it.
 
-Sent in the background, after the switch lease is released, so a slow receiver never holds
-the lease or a run. The Redis event stream is the record; the webhook is a courtesy that
-may be lost if the worker dies before sending it. The URL may carry a token, so it is
-never logged.
+A switch's notice is owed by the script that makes the switch: its `subscription_switched`
+entry in the agent's event stream, written in the same step. The webhook deliverer of any
+worker moves it into the agent's outbox and sends it, retried with backoff and signed like
+completion webhooks (`app/webhooks/notices.py`), so a worker that dies right after a switch
+loses no notice. `send` only asks this worker's deliverer to make a pass now.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
+from collections.abc import Callable
 from typing import Any
-
-import httpx
-
-log = logging.getLogger(__name__)
-
-ATTEMPTS = 3
-BACKOFF = 0.5
-TIMEOUT = 5.0
 
 
 class Webhook:
-    def __init__(self, url: str, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        self._url = url
-        self._client = httpx.AsyncClient(timeout=TIMEOUT, transport=transport)
-        self._pending: set[asyncio.Task[None]] = set()
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._soon: Callable[[], None] | None = None
+
+    def attach(self, soon: Callable[[], None]) -> None:
+        """Who makes a delivery pass on request (the worker's deliverer)."""
+        self._soon = soon
 
     def send(self, event: dict[str, Any]) -> None:
-        task = asyncio.create_task(self._post(event))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        """A switch was made (its notice is owed already): deliver soon."""
+        if self._soon is not None:
+            self._soon()
 
-    async def _post(self, event: dict[str, Any]) -> None:
-        for attempt in range(ATTEMPTS):
-            try:
-                response = await self._client.post(self._url, json=event)
-                if response.status_code < 500:
-                    if response.status_code >= 400:
-                        log.warning(
-                            "webhook refused event %s: HTTP %d", event["type"], response.status_code
-                        )
-                    return
-            except httpx.HTTPError as exc:
-                log.warning("webhook attempt %d failed: %s", attempt + 1, type(exc).__name__)
-            await asyncio.sleep(BACKOFF * 2**attempt)
-        log.error(
-            "webhook: event %s for agent %s not delivered after %d attempts",
-            event["type"],
-            event.get("agent_id"),
-            ATTEMPTS,
-        )
-
-    async def aclose(self, grace: float = 5.0) -> None:
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=grace)
-        for task in list(self._pending):
-            task.cancel()
-        await self._client.aclose()
+    async def aclose(self) -> None:
+        """Nothing to close: deliveries belong to the deliverer."""

@@ -11,11 +11,17 @@ other answer, a timeout or a connection error is tried again after a backoff tha
 from LEASEGATE_WEBHOOK_RETRY_BASE_SECONDS (capped at 6 hours), until
 LEASEGATE_WEBHOOK_MAX_ATTEMPTS; then the delivery is kept as `dead`, listed at
 `GET /internal/webhooks?status=dead` and can be delivered again on request.
+
+Subscription-switch notices (LEASEGATE_WEBHOOK_URL) go the same way from each agent's
+outbox (`notices`): the body is the switch event itself, `webhook-id` is
+`<agent>/<event id>`, signed when LEASEGATE_WEBHOOK_SECRET is set; a dead one stays in its
+agent's outbox.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -34,6 +40,7 @@ from app.redis import as_text, guarded
 from app.sessions.index import SessionIndex
 from app.sessions.ref import SessionRef
 from app.tasks import cancel_and_wait
+from app.webhooks.notices import Notice, Notices
 from app.webhooks.outbox import Delivery, Outbox
 
 log = logging.getLogger(__name__)
@@ -55,30 +62,51 @@ class Deliverer:
         index: SessionIndex,
         leases: LeaseManager,
         *,
-        secret: str,
+        secret: str | None,
         interval: float,
         timeout: float,
         max_attempts: int,
         retry_base: float,
+        notices: Notices | None = None,
+        switch_url: str | None = None,
     ) -> None:
         self._redis = redis
         self._outbox = outbox
         self._index = index
         self._leases = leases
-        self._signer = Webhook(secret)
+        self._signer = Webhook(secret) if secret else None
         self._interval = interval
         self._max_attempts = max_attempts
         self._retry_base = retry_base
+        self._notices = notices if switch_url else None
+        self._switch_url = switch_url
         self._http = httpx.AsyncClient(timeout=timeout, follow_redirects=False)
         # A claim outlasts one attempt: a sender that dies mid-attempt leaves the delivery
         # to be claimed again once it ends.
         self._claim_ms = round((timeout + CLAIM_MARGIN) * 1000)
         self._sending = asyncio.Semaphore(CONCURRENCY)
+        self._soon = asyncio.Event()
+        self._started = False
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
+    async def prepare(self) -> None:
+        """Before serving: set the switch notices' cursors that are missing (a failure
+        here is tried again by the first pass)."""
+        if self._notices is None:
+            return
+        try:
+            await self._notices.start()
+            self._started = True
+        except LeasegateError as exc:
+            log.warning("webhooks: switch notices not prepared yet: %s", exc)
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="webhook-deliverer")
+
+    def soon(self) -> None:
+        """Make a pass now (a switch was just made), not at the end of the interval."""
+        self._soon.set()
 
     async def close(self) -> None:
         self._closed = True
@@ -88,8 +116,14 @@ class Deliverer:
 
     async def _loop(self) -> None:
         while not self._closed:
-            await asyncio.sleep(self._interval * random.uniform(0.9, 1.0))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval * random.uniform(0.9, 1.0)):
+                    await self._soon.wait()
+            self._soon.clear()
             try:
+                if not self._started and self._notices is not None:
+                    await self._notices.start()
+                self._started = True
                 await self.deliver_due()
             except LeasegateError as exc:
                 log.warning("webhooks: %s", exc)
@@ -100,7 +134,7 @@ class Deliverer:
         """One pass, if no other worker made one within the interval; deliveries sent."""
         if await self._leases.acquire(LEASE, ttl=self._interval * 0.8) is None:
             return 0
-        sent = 0
+        sent = await self._deliver_notices()
         offset = 0
         while True:
             entries = cast(
@@ -124,6 +158,31 @@ class Deliverer:
                 return sent
             offset += PAGE
 
+    async def _deliver_notices(self) -> int:
+        """Send the switch notices every agent owes (LEASEGATE_WEBHOOK_URL)."""
+        if self._notices is None or self._switch_url is None:
+            return 0
+        sent = 0
+        for agent_id in self._notices.agent_ids:
+            claimed = await self._notices.claim(agent_id, _now_ms(), self._claim_ms, PER_SESSION)
+            await asyncio.gather(*(self._send_notice(n) for n in claimed))
+            sent += len(claimed)
+        return sent
+
+    async def _send_notice(self, notice: Notice) -> None:
+        assert self._notices is not None and self._switch_url is not None
+        body = json.dumps(notice.payload)
+        status, error = await self._post(self._switch_url, notice.webhook_id, body)
+        outcome, retry_at = self._outcome(status, notice.attempts)
+        if outcome == "dead":
+            log.warning(
+                "switch webhook %s given up after %d attempt(s): %s",
+                notice.webhook_id,
+                notice.attempts,
+                error,
+            )
+        await self._notices.settle(notice, outcome, retry_at_ms=retry_at, error=error)
+
     async def _send(self, session: SessionRef, delivery: Delivery) -> None:
         run = delivery.run
         body = json.dumps(
@@ -133,26 +192,9 @@ class Deliverer:
                 "data": run.public(),
             }
         )
-        stamp = datetime.now(UTC)
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": run.run_id,
-            "webhook-timestamp": str(int(stamp.timestamp())),
-            "webhook-signature": self._signer.sign(run.run_id, stamp, body),
-        }
-        async with self._sending:
-            try:
-                response = await self._http.post(delivery.url, content=body, headers=headers)
-                status, error = response.status_code, f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                status, error = 0, type(exc).__name__  # never the URL: it may hold credentials
-        if 200 <= status < 300:
-            await self._outbox.settle(session, delivery, "delivered")
-            return
-        final = (400 <= status < 500 and status not in (408, 429)) or (
-            delivery.attempts >= self._max_attempts
-        )
-        if final:
+        status, error = await self._post(delivery.url, run.run_id, body)
+        outcome, retry_at = self._outcome(status, delivery.attempts)
+        if outcome == "dead":
             log.warning(
                 "webhook for run %s given up after %d attempt(s): %s",
                 run.run_id,
@@ -162,10 +204,31 @@ class Deliverer:
             await self._outbox.settle(session, delivery, "dead", error=error)
             await self._outbox.mark_dead(run.run_id, _now_ms())
             return
-        backoff = min(self._retry_base * 2 ** (delivery.attempts - 1), MAX_BACKOFF)
-        await self._outbox.settle(
-            session, delivery, "retry", retry_at_ms=_now_ms() + round(backoff * 1000), error=error
-        )
+        await self._outbox.settle(session, delivery, outcome, retry_at_ms=retry_at, error=error)
+
+    async def _post(self, url: str, webhook_id: str, body: str) -> tuple[int, str]:
+        """POST `body`, signed when a secret is configured: (HTTP status or 0, what went
+        wrong, never the URL: it may hold credentials)."""
+        headers = {"content-type": "application/json", "webhook-id": webhook_id}
+        if self._signer is not None:
+            stamp = datetime.now(UTC)
+            headers["webhook-timestamp"] = str(int(stamp.timestamp()))
+            headers["webhook-signature"] = self._signer.sign(webhook_id, stamp, body)
+        async with self._sending:
+            try:
+                response = await self._http.post(url, content=body, headers=headers)
+            except httpx.HTTPError as exc:
+                return 0, type(exc).__name__
+        return response.status_code, f"HTTP {response.status_code}"
+
+    def _outcome(self, status: int, attempts: int) -> tuple[str, int]:
+        """delivered, dead or retry (with when, in ms) for an attempt that got `status`."""
+        if 200 <= status < 300:
+            return "delivered", 0
+        if (400 <= status < 500 and status not in (408, 429)) or attempts >= self._max_attempts:
+            return "dead", 0
+        backoff = min(self._retry_base * 2 ** (attempts - 1), MAX_BACKOFF)
+        return "retry", _now_ms() + round(backoff * 1000)
 
 
 def _session(member: str) -> SessionRef | None:
