@@ -239,3 +239,48 @@ def test_ctrl_c_with_a_run_in_flight_says_what_it_waits_for(tmp_path: Path) -> N
     ) in said
     assert not marked(serve.mark)
     assert os.path.exists(tmp_path / "data" / "leasegate.lock")
+
+
+WORKER_ONLY_FAILURE = """
+import multiprocessing
+
+if multiprocessing.parent_process() is not None:  # a uvicorn worker, not leasegate serve
+    raise RuntimeError("this agent cannot start in a worker")
+
+
+class Agent:
+    async def stream(self, request):
+        yield request.text
+
+    async def aclose(self):
+        pass
+"""
+
+
+def test_serve_exits_3_when_its_workers_cannot_start(tmp_path: Path) -> None:
+    """A configuration the check passes but the workers refuse: each says so, serve stops
+    them all, once, and exits with uvicorn's startup failure code (not 0, not a loop)."""
+    (tmp_path / "worker_only_failure.py").write_text(WORKER_ONLY_FAILURE)
+    agents = tmp_path / "agents.toml"
+    agents.write_text(
+        "[[agents]]\nid='w'\nbackend='python'\nentrypoint='worker_only_failure:Agent'\n"
+    )
+    mark = new_mark()
+    env = base_env(
+        LEASEGATE_AGENTS_FILE=str(agents),
+        LEASEGATE_DATA_DIR=str(tmp_path / "data"),
+        PYTHONPATH=str(tmp_path),
+        **{MARK: mark},
+    )
+    command = leasegate_command("serve", "--port", str(free_port()), "--workers", "3")
+    result, took = run(command, env)
+    assert result.returncode == STARTUP_FAILURE, result.stderr
+    said = messages(result.stderr)
+    refusals = [m for m in said if "invalid configuration" in m]
+    assert len(refusals) == 1, said
+    assert "this agent cannot start in a worker" in refusals[0]
+    assert "stopping uvicorn's supervisor" not in refusals[0]  # serve stops them itself
+    assert "embedded redis-server stopped" in said
+    assert not any("died" in m or "Started server process" in m for m in said)
+    assert took < DEADLINE
+    assert not marked(mark)
