@@ -190,6 +190,10 @@ async def test_a_failed_reload_sends_nothing_on_that_subscription(
         events = (await ops.get("/internal/events", params={"agent_id": "duo"})).json()["events"]
         assert any(e["type"] == "agent_reload_failed" for e in events)
         assert not [r for r in (await agent.report())["runs"] if "sub-b" in r.values()]
+        # A run with a start deadline does not wait past it.
+        expiring = await post(four, "duo-2", "go", agent_id="duo", start_within_seconds=1)
+        expired = await wait_status(four, expiring.json()["run_id"], "expired")
+        assert "to reload" in expired["error"]
         # An operator acts: the agent is fixed, sub-b assigned; the gate opens on it.
         await agent.control(reload_fail=[])
         assigned = await ops.put(

@@ -11,7 +11,8 @@ reloads. A run of such an agent passes the gate before its agent starts:
   stops counting once its entries' TTL has passed;
 - gate closed: the run waits, shown `queued` with `waiting_for: "agent_reload"`, woken when
   the gate opens (pub/sub) and at the latest when its lease could have expired (its holder
-  died: the gate opens by expiry), and passes then. Its stop, cancel or timeout end the wait.
+  died: the gate opens by expiry), and passes then. Its stop, cancel or timeout end the wait;
+  past its `start_within_seconds` it ends `expired`.
 
 A run refused by the upstream in flight passes the gate again (`again`) before it is tried
 on another subscription: it leaves the old subscription's count, so a drain never waits for
@@ -31,7 +32,7 @@ from typing import Protocol
 from redis.asyncio import Redis
 
 from app.agents import AgentRegistry
-from app.errors import RedisUnavailableError
+from app.errors import RedisUnavailableError, RunExpiredError
 from app.keys import AgentKeys, agent_keys
 from app.metrics import Metrics
 from app.redis import as_text, guarded
@@ -122,7 +123,7 @@ class ReloadGate:
 
     async def _pass(self, run: Run, keys: AgentKeys, entry: str) -> str:
         priority = self._agents.subscriptions_of(run.agent_id)
-        code, value = await self._enter(keys, entry, priority)
+        code, value, now_us = await self._enter(keys, entry, priority)
         if code == GateCode.OK:
             return value
         loop = asyncio.get_running_loop()
@@ -134,10 +135,17 @@ class ReloadGate:
             async with self._hub.watch(keys.gate.channel) as opened:
                 while True:
                     opened.clear()  # before the check: an opening after it still wakes us
-                    code, value = await self._enter(keys, entry, priority)
+                    code, value, now_us = await self._enter(keys, entry, priority)
                     if code == GateCode.OK:
                         break
                     pause = min(MAX_PAUSE, max(int(value) / 1000, MIN_PAUSE))
+                    if run.start_by:
+                        if now_us >= run.start_by:
+                            raise RunExpiredError(
+                                f"run {run.run_id} did not start in time: waited for agent "
+                                f"{run.agent_id!r} to reload"
+                            )
+                        pause = min(pause, (run.start_by - now_us) / 1e6)
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(pause):
                             await opened.wait()
@@ -148,8 +156,9 @@ class ReloadGate:
 
     async def _enter(
         self, keys: AgentKeys, entry: str, priority: tuple[str, ...]
-    ) -> tuple[GateCode, str]:
-        code, value = await guarded(
+    ) -> tuple[GateCode, str, int]:
+        """(OK, the subscription) | (REFUSED, the gate's PTTL in ms, Redis' now in µs)."""
+        code, value, *now = await guarded(
             self._scripts.enter(
                 keys=[keys.gate.lease, keys.assignment, keys.inflight],
                 args=[entry, self._ttl_ms, *priority],
@@ -157,7 +166,7 @@ class ReloadGate:
         )
         if GateCode(code) == GateCode.OK:
             self._mine.setdefault(keys.lease.resource.removeprefix("a:"), set()).add(entry)
-        return GateCode(code), as_text(value)
+        return GateCode(code), as_text(value), int(as_text(now[0])) if now else 0
 
     async def _leave(self, agent_id: str, keys: AgentKeys, entry: str) -> None:
         mine = self._mine.get(agent_id)

@@ -35,12 +35,15 @@ class GateCode(IntEnum):
 # ARGV[1] the run's entry "<run id>/<fence>", ARGV[2] the entry's TTL in ms,
 #   ARGV[3..] the agent's subscriptions in priority order (the first: the initial one)
 # Returns {OK, subscription} (passed, or a re-send that finds its entry) |
-#   {REFUSED, gate's PTTL in ms} (closed)
+#   {REFUSED, gate's PTTL in ms, now in µs} (closed)
 ENTER = (
     """
 local held = redis.call('HGET', KEYS[3], ARGV[1])
 if held then return {0, string.match(held, '^[^|]*')} end
-if redis.call('EXISTS', KEYS[1]) == 1 then return {1, redis.call('PTTL', KEYS[1])} end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local t = redis.call('TIME')
+  return {1, redis.call('PTTL', KEYS[1]), t[1] .. string.format('%06d', tonumber(t[2]))}
+end
 local stored = redis.call('HGET', KEYS[2], 'subscription')
 local sub = ARGV[3]
 for i = 3, #ARGV do
