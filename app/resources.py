@@ -175,16 +175,6 @@ class Resources:
         )
         calls = AgentCalls(agents, subscriptions, capacity)
         calls.gate = reload_gate
-        slots = SlotManager(
-            redis,
-            SlotScripts.register(redis),
-            hub,
-            ttl=settings.lease_ttl_seconds,
-            heartbeat_interval=settings.heartbeat_interval,
-        )
-        capacity = CapacityGate(
-            redis, slots, Caps.from_config(settings, agents.config), metrics, worker=worker
-        )
         deps = HolderDeps(
             writes=writes,
             renewals=renewals,
@@ -256,7 +246,6 @@ class Resources:
             *control.scripts,
             *index.scripts,
             *outbox.scripts,
-            *capacity.scripts,
             *notices.scripts,
             *capacity.scripts,
             *requeues.scripts,
@@ -282,7 +271,6 @@ class Resources:
             webhook=webhook,
             capacity=capacity,
             reload_gate=reload_gate,
-            capacity=capacity,
             executions=ExecutionStore(redis, retention_seconds=settings.run_retention_seconds),
             api_keys=ApiKeys(settings.api_keys),
             internal_secret=InternalSecret(secret.get_secret_value() if secret else None),
