@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -283,4 +284,20 @@ def test_serve_exits_3_when_its_workers_cannot_start(tmp_path: Path) -> None:
     assert "embedded redis-server stopped" in said
     assert not any("died" in m or "Started server process" in m for m in said)
     assert took < DEADLINE
+    assert not marked(mark)
+
+
+def test_serve_on_a_port_in_use_exits_3_and_stops_its_redis(tmp_path: Path) -> None:
+    mark = new_mark()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = base_env(LEASEGATE_DATA_DIR=str(tmp_path / "data"), **{MARK: mark})
+        result, _ = run(leasegate_command("serve", "--port", str(port)), env)
+    assert result.returncode == STARTUP_FAILURE
+    said = messages(result.stderr)
+    assert any("Address already in use" in m for m in said), said
+    assert not any(m.startswith("listening on") for m in said)
+    assert "embedded redis-server stopped" in said
     assert not marked(mark)

@@ -73,9 +73,6 @@ def _serve_locked(settings: Settings, host: str, port: int, workers: int) -> int
     try:
         _prepare_metrics_dir(settings.data_dir / "metrics")
         os.environ[SUPERVISOR_ENV] = str(os.getpid())
-        shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        log.info("listening on http://%s:%d with %d worker(s)", host, port, workers)
-        log.info("try   curl -s http://%s:%d/readyz", shown_host, port)
         config = uvicorn.Config(
             "app.main:create_app",
             factory=True,
@@ -94,14 +91,24 @@ def _serve_locked(settings: Settings, host: str, port: int, workers: int) -> int
             log.info("embedded redis-server stopped")
 
 
+def _announce(config: uvicorn.Config) -> None:
+    host, port = config.host, config.port
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    log.info("listening on http://%s:%d with %d worker(s)", host, port, config.workers)
+    log.info("try   curl -s http://%s:%d/readyz", shown_host, port)
+
+
 def _run(config: uvicorn.Config, grace: float) -> int:
     if config.workers > 1:
-        supervisor = Supervisor(config, [config.bind_socket()], grace)
+        sockets = [config.bind_socket()]  # a port in use ends it here, exit code 3
+        _announce(config)
+        supervisor = Supervisor(config, sockets, grace)
         supervisor.run()
         return STARTUP_FAILURE if supervisor.failed else 0
     # One worker, in this process: uvicorn's server handles Ctrl-C, then raises the signal
     # again once it has stopped; SIGTERM then ends here the way Ctrl-C does.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    _announce(config)
     server = uvicorn.Server(config)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
