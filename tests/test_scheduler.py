@@ -95,7 +95,7 @@ async def test_a_run_past_its_deadline_is_timed_out_and_the_session_goes_on(
         task("e", timeout_seconds=7201),
         task("e", agent_id="nobody"),
         task("e", session_id="has space"),
-        task("e", busy_policy="steer"),
+        task("e", busy_policy="sometimes"),
         task("e", message=""),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 
@@ -33,10 +34,15 @@ def wait_until_sync(
         time.sleep(POLL)
 
 
+BACKGROUND_KEYS = re.compile(rb"^lg:(\{sweeper\}:.*|workers|\{w:[^}]*\}:worker)$")
+"""Keys running workers write whatever requests do: the sweeper's lease, the worker
+registry."""
+
+
 async def written_keys(redis: Redis) -> list[str]:
-    """The keys requests wrote: all but the sweeper's lease, which any running server's
-    sweeper takes in the background whatever the test does."""
-    return [k.decode() async for k in redis.scan_iter() if not k.startswith(b"lg:{sweeper}:")]
+    """The keys requests wrote: all but those every running worker writes in the
+    background (`BACKGROUND_KEYS`)."""
+    return [k.decode() async for k in redis.scan_iter() if not BACKGROUND_KEYS.match(k)]
 
 
 async def start_confirmed(redis: Redis, tenant: str, session_id: str, run_id: str) -> bool:
