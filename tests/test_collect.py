@@ -157,7 +157,9 @@ async def proxy(own_redis_server: RedisServer, own_redis: Redis) -> AsyncIterato
 
 @asynccontextmanager
 async def _service(proxy: FaultProxy) -> AsyncIterator[AppClient]:
-    async with app_client(proxy.url, metrics=Metrics(), lease_ttl_seconds=2.0) as api:
+    async with app_client(
+        proxy.url, metrics=Metrics(), lease_ttl_seconds=2.0, sweep_interval_seconds=3600
+    ) as api:
         await api.resources.load_scripts()
         yield api
 
@@ -222,6 +224,33 @@ async def test_the_start_after_collecting_resent_starts_once(
             assert after["status"] == "completed"
 
         await holds(check, broken)
+
+
+@VARIANTS
+async def test_an_outcome_resent_while_a_collect_run_waits_keeps_the_holder_waiting(
+    proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch, broken: bool
+) -> None:
+    if broken:  # the re-send forgets the collect run it left waiting: it says "released"
+        text = writes.FINISH
+        old = "    if mine and state[7] and state[7] ~= '' then"
+        assert old in text
+        monkeypatch.setattr(writes, "FINISH", text.replace(old, "    if false then"))
+    async with _service(proxy) as api:
+        first = (await post(api, "f", "slow", metadata={"delay_ms": 300}, expect=202)).json()
+        waiting = await collect(api, "f", "later", 5000)
+        fault = proxy.drop_reply(evalsha_of(sha(api, "finish")))
+        await wait_status(api, first["run_id"], "completed")
+        await wait_until(lambda: _fired(fault), 5, "the outcome re-sent")
+        await api.patch("/v1/sessions/f", json={"busy_policy": "interrupt"})
+
+        async def check() -> None:
+            # The holder still holds the session and waits: a message put first runs now.
+            urgent = (await post(api, "f", "now", wait=3)).json()
+            assert urgent["status"] == "completed", urgent
+            assert (await run_of(api, waiting["run_id"]))["status"] == "queued"
+
+        await holds(check, broken)
+        await api.post("/v1/sessions/f/stop")
 
 
 async def _fired(fault: Any) -> bool:

@@ -56,6 +56,8 @@ async def _await(
             waiting.stop("lost")
         elif early is not None or deps.closing():
             waiting.stop(early or "interrupted:shutdown")
+        elif deps.early_wake(next_run.run_id):
+            waiting.stop("wake")
         try:
             await asyncio.wait([waiting.task])
         finally:

@@ -95,6 +95,9 @@ class HolderDeps:
     early_stop: Callable[[str], str | None]
     """The stop signal that reached this worker before the run it names started here."""
     closing: Callable[[], bool]
+    early_wake: Callable[[str], bool] = lambda _: False
+    """Whether a wake-up for a holder waiting for this collect run reached this worker
+    before the holder began to wait (`collecting`)."""
     gates: list[StartGate] = field(default_factory=list)
     requeues: Requeues | None = None
     """Writes a run stopped as "requeued:<why>" back at the head of its queue."""

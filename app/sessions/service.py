@@ -60,8 +60,10 @@ class Sessions:
         self._deadline = deadline
         self._tasks: set[asyncio.Task[None]] = set()
         self._early: OrderedDict[str, str] = OrderedDict()
+        self._wakes: OrderedDict[str, None] = OrderedDict()
         self._closing = False
         deps.early_stop = self._early_stop
+        deps.early_wake = self._early_wake
         deps.closing = lambda: self._closing
 
     @property
@@ -148,7 +150,10 @@ class Sessions:
         if active is not None:
             active.stop(reason)
             return
-        if reason == "wake":  # only for a holder waiting for a collect run right now
+        if reason == "wake":  # for a holder about to wait for this collect run
+            self._wakes[run_id] = None
+            while len(self._wakes) > EARLY_SIGNALS_KEPT:
+                self._wakes.popitem(last=False)
             return
         self._early[run_id] = reason
         while len(self._early) > EARLY_SIGNALS_KEPT:
@@ -170,6 +175,9 @@ class Sessions:
 
     def _early_stop(self, run_id: str) -> str | None:
         return self._early.pop(run_id, None)
+
+    def _early_wake(self, run_id: str) -> bool:
+        return self._wakes.pop(run_id, 0) is None
 
     def _spawn(self, coroutine: object) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coroutine)  # type: ignore[arg-type]
