@@ -97,8 +97,8 @@ class ReloadGate:
             return
         keys = agent_keys(run.agent_id)
         entry = _entry(run)
-        progress.subscription = await self._pass(run, keys, entry)
-        try:
+        try:  # a wait stopped just as the run passed leaves no entry behind either
+            progress.subscription = await self._pass(run, keys, entry)
             yield
         finally:
             await asyncio.shield(self._leave(run.agent_id, keys, entry))

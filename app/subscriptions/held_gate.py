@@ -102,6 +102,13 @@ class HeldGates:
             session = SessionRef.of(*locate_run(run_id))
             if await self._requeues.request(session, run_id, int(fence), "drain_timeout"):
                 self._metrics.drain_requeued.inc()
+            else:  # it no longer runs under that fence: its entry was left behind
+                await guarded(
+                    self._scripts.leave(
+                        keys=[cycle.keys.inflight, cycle.gate.keys.lease],
+                        args=[entry, cycle.keys.left],
+                    )
+                )
 
     async def commit(self, cycle: GateCycle, target: str, *, reloaded: bool) -> None:
         reply = await guarded(
