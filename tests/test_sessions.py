@@ -125,7 +125,7 @@ async def test_concurrent_identical_idempotent_posts_make_one_run(api: httpx.Asy
         ("/v1/sessions/s/messages", {"text": ""}, {}),
         ("/v1/sessions/s/messages", {"text": "x" * 32_001}, {}),
         ("/v1/sessions/s/messages", {}, {}),
-        ("/v1/sessions/s/messages", {"text": "x", "busy_policy": "steer"}, {}),
+        ("/v1/sessions/s/messages", {"text": "x", "busy_policy": "sometimes"}, {}),
         ("/v1/sessions/s/messages", {"text": "x", "agent_id": "nobody"}, {}),
         ("/v1/sessions/s/messages", {"text": "x", "metadata": {"k": "v" * 9000}}, {}),
         ("/v1/sessions/s/messages", {"text": "x", "surprise": 1}, {}),
