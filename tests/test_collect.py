@@ -218,7 +218,8 @@ async def test_the_start_after_collecting_resent_starts_once(
 
         async def check() -> None:
             await wait_until(lambda: _fired(fault), 5, "the start re-sent")
-            run = await wait_status(api, first["run_id"], "completed", "lost", "failed")
+            await wait_until(lambda: _ended(api, first["run_id"]), 3, "the collect run to end")
+            run = await run_of(api, first["run_id"])
             assert run["status"] == "completed" and run["inputs"] == ["one"]
             after = (await post(api, "t", "next", wait=5, expect=200)).json()
             assert after["status"] == "completed"
@@ -251,6 +252,10 @@ async def test_an_outcome_resent_while_a_collect_run_waits_keeps_the_holder_wait
 
         await holds(check, broken)
         await api.post("/v1/sessions/f/stop")
+
+
+async def _ended(api: AppClient, run_id: str) -> bool:
+    return (await run_of(api, run_id))["status"] not in ("queued", "running")
 
 
 async def _fired(fault: Any) -> bool:
