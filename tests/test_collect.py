@@ -27,6 +27,7 @@ from app.sessions.ref import SessionRef
 from tests.support.api import AppClient, Target, app_client, post, run_of, wait_status
 from tests.support.faultproxy import FaultProxy, evalsha_of
 from tests.support.servers import Servers, client
+from tests.support.targets import RedisTarget
 from tests.support.waiting import wait_until
 
 VARIANTS = pytest.mark.parametrize("broken", [False, True], ids=["script", "broken-variant"])
@@ -262,12 +263,14 @@ async def _fired(fault: Any) -> bool:
     return bool(fault.fired.is_set())
 
 
-async def test_run_of_a_collect_run_shows_its_inputs(
-    redis: Redis, redis_server: RedisServer
+async def test_a_burst_becomes_one_run_on_each_topology(
+    target_redis: Redis, redis_target: RedisTarget
 ) -> None:
-    async with app_client(redis_server.url) as api:
-        first = await collect(api, "r", "a", 50)
-        run = await run_of(api, first["run_id"])
-        assert run["status"] in ("queued", "running", "completed")
-        assert run["inputs"] == ["a"] and run["collect_ms"] == 50
-        assert (await wait_status(api, first["run_id"], "completed"))["output"] == "echo: a"
+    async with app_client(redis_target.url) as api:
+        answers = await asyncio.gather(*(collect(api, "topo", t, 200) for t in "abc"))
+        assert len({a["run_id"] for a in answers}) == 1
+        run = await run_of(api, answers[0]["run_id"])
+        assert run["status"] == "queued" and run["collect_ms"] == 200
+        ended = await wait_status(api, answers[0]["run_id"], "completed")
+        assert sorted(ended["inputs"]) == ["a", "b", "c"]
+        assert ended["output"] == "echo: " + "\n\n".join(ended["inputs"])
