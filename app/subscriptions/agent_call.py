@@ -133,6 +133,13 @@ class AgentCalls:
                     ) from failure
                 else:
                     subscription = await self._next(run, progress, result.to_subscription)
+                    if subscription in tried:  # a reload gate opened again on a refused one
+                        waits += 1
+                        if waits > MAX_WAITS:
+                            raise AgentFailedError(
+                                f"{failure}; refused again on {subscription!r} each time "
+                                "its agent's gate opened on it"
+                            ) from failure
 
     async def _next(self, run: Run, progress: Progress, to: str | None) -> str | None:
         """The subscription to try next: for an agent that reloads, the one it holds once

@@ -227,6 +227,10 @@ class LocalReloader:
     def __init__(self) -> None:
         self.loaded = INITIAL
         self.refusing: set[str] = set()
+        self.cooldown: float | None = None
+        """The refusals' Retry-After (None: the kind's default)."""
+        self.failing: set[str] = set()
+        """Subscriptions whose reload fails."""
         self.reloads: list[str] = []
         self.runs: list[tuple[str | None, str]] = []
         """(the subscription forwarded, the one loaded) per run."""
@@ -235,11 +239,15 @@ class LocalReloader:
         forwarded = request.subscription.id if request.subscription else None
         self.runs.append((forwarded, self.loaded))
         if self.loaded in self.refusing:
-            raise SubscriptionFailureError("rate_limit", forwarded, "rate limit reached")
+            raise SubscriptionFailureError(
+                "rate_limit", forwarded, "rate limit reached", self.cooldown
+            )
         yield f"on {self.loaded}"
 
     async def reload(self, subscription: Subscription) -> None:
         self.reloads.append(subscription.id)
+        if subscription.id in self.failing:
+            raise RuntimeError(f"cannot load {subscription.api_key}")
         self.loaded = subscription.id
 
     async def aclose(self) -> None:
