@@ -31,7 +31,10 @@ class FailureIn(BaseModel):
 @router.get(
     "/agents/{agent_id}",
     summary="Read an agent's subscriptions",
-    description="The assigned subscription, each one's standing, and the last switch.",
+    description=(
+        "The assigned subscription, each one's standing, and the last switch; for an agent "
+        "with a reload hook, its `gate` too."
+    ),
     response_model=None,
     responses=answers(AgentOut),
 )
@@ -42,7 +45,11 @@ async def get_agent(agent_id: str, resources: InternalDep) -> dict[str, Any]:
 @router.put(
     "/agents/{agent_id}/subscription",
     summary="Assign a subscription",
-    description="Make this subscription the agent's, fenced by the agent's switch lease.",
+    description=(
+        "Make this subscription the agent's, fenced by the agent's switch lease; for an "
+        "agent with a reload hook, through its reload gate (drain, reload, then assign), "
+        "or, while the gate is closed, the subscription it tries next."
+    ),
     response_model=None,
     responses=answers(SwitchResultOut, 409),
 )
