@@ -17,6 +17,7 @@ from tests.support.api import app_client, post
 from tests.support.reload_agent import LocalReloader
 from tests.support.servers import INTERNAL, INTERNAL_SECRET
 from tests.support.settings import make_settings
+from tests.support.targets import RedisTarget
 from tests.support.waiting import wait_until
 
 AGENTS = """
@@ -43,10 +44,11 @@ def agents_file(folder: Path, method: str = "reload") -> Path:
 
 
 async def test_a_python_agent_is_reloaded_before_any_run_reaches_it_on_the_new_key(
-    redis_server: RedisServer, redis: Redis, tmp_path: Path
+    target_redis: Redis, redis_target: RedisTarget, tmp_path: Path
 ) -> None:
+    """On one server and on a cluster (every gate key in the agent's slot)."""
     async with app_client(
-        redis_server.url,
+        redis_target.url,
         headers=INTERNAL,
         agents_file=agents_file(tmp_path),
         internal_secret=INTERNAL_SECRET,
