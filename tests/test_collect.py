@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 
 from app.metrics import Metrics
 from app.redis.server import RedisServer
-from app.sessions import admission, writes
+from app.sessions import admission, index, writes
 from app.sessions.ref import SessionRef
 from tests.support.api import AppClient, Target, app_client, post, run_of, wait_status
 from tests.support.faultproxy import FaultProxy, evalsha_of
@@ -253,6 +253,41 @@ async def test_an_outcome_resent_while_a_collect_run_waits_keeps_the_holder_wait
 
         await holds(check, broken)
         await api.post("/v1/sessions/f/stop")
+
+
+@VARIANTS
+async def test_a_take_over_resent_while_a_collect_run_waits_takes_it_once(
+    proxy: FaultProxy, own_redis: Redis, monkeypatch: pytest.MonkeyPatch, broken: bool
+) -> None:
+    if broken:  # the re-send knows only a running run, not one its holder waits for
+        text = index.RECOVER
+        old = "local first = (state[1] or '') ~= '' and state[1] or state[2] or ''"
+        assert old in text
+        monkeypatch.setattr(index, "RECOVER", text.replace(old, "local first = state[1] or ''"))
+    session = SessionRef.of("default", "o")
+    async with _service(proxy) as api:
+        waiting = await collect(api, "o", "orphan", 1500)
+        active = api.resources.sessions._deps.active
+
+        async def holder_waits() -> bool:
+            return waiting["run_id"] in active
+
+        async def holder_gone() -> bool:
+            return not await holder_waits()
+
+        await wait_until(holder_waits, 5, "the holder to wait for the collect run")
+        await own_redis.delete(session.keys.lease.lease)  # as if its holder had died
+        await wait_until(holder_gone, 5, "the old holder to notice")
+        fault = proxy.drop_reply(evalsha_of(sha(api, "recover")))
+        outcome = await api.resources.sessions.take_over(session)
+        assert fault.fired.is_set()
+
+        async def check() -> None:
+            assert outcome == "taken"
+            await wait_until(lambda: _ended(api, waiting["run_id"]), 4, "the collect run")
+            assert (await run_of(api, waiting["run_id"]))["status"] == "completed"
+
+        await holds(check, broken)
 
 
 async def _ended(api: AppClient, run_id: str) -> bool:
