@@ -48,8 +48,8 @@ MAX_METADATA_BYTES = 8 * 1024
 #     holder left behind), or wait for it when it is a collect run still collecting
 #     (status queued, `wait_ms` in its state field);
 #   {QUEUED, position, active run id, disposition, superseded run ids...};
-#   {STEERED, running run id, 0}, {COLLECTED, collect run id, position}: the message
-#     went into that run;
+#   {STEERED, running run id, 0, status}, {COLLECTED, collect run id, position, status}:
+#     the message went into that run (its status now);
 #   {DUPLICATE, the existing run's two fields};
 #   {REJECTED, active run id}; {QUEUE_FULL, queue length}
 ADMIT = (
@@ -301,7 +301,7 @@ class Admissions:
             into = as_text(reply[1])
             return Admission(
                 into,
-                RunStatus.RUNNING if code == Code.STEERED else RunStatus.QUEUED,
+                RunStatus(as_text(reply[3])),
                 int(reply[2]),
                 disposition="steered" if code == Code.STEERED else "collected",
             )

@@ -36,13 +36,15 @@ local MAX_STEERED, MAX_COLLECTED = {MAX_STEERED}, {MAX_COLLECTED}
 local COLLECT_CAP_FACTOR, DEFAULT_COLLECT_MS = {COLLECT_CAP_FACTOR}, {DEFAULT_COLLECT_MS}
 
 -- The answer to a message that was steered or collected, from its marker (also for a
--- re-sent call): {{STEERED or COLLECTED, run id, position in the queue (0: not queued)}}.
+-- re-sent call): {{STEERED or COLLECTED, run id, position in the queue (0: not queued),
+-- the run's status now}}.
 local function merged_answer(marker)
   local kind, target = string.match(marker, '^([a-z]+):(.*)$')
   local index = redis.call('LPOS', K_QUEUE, target)
   local code = COLLECTED
   if kind == 'steered' then code = STEERED end
-  return {{code, target, index and index + 1 or 0}}
+  local run = load_run(target)
+  return {{code, target, index and index + 1 or 0, run and run.status or 'queued'}}
 end
 
 local function mark(message_id, marker, digest)
