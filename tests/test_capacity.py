@@ -95,9 +95,16 @@ async def waits_for(api: AppClient, run_id: str, what: str) -> dict[str, Any]:
     return await run_of(api, run_id)
 
 
-async def started(api: AppClient, body: dict[str, Any]) -> str:
+async def started(api: AppClient, body: dict[str, Any], resource: str) -> str:
+    """The run of `body`, once it holds a slot of `resource` (its status says `running`
+    as soon as its session started it, before it passed its capacity gate)."""
     run_id: str = body["run_id"]
-    await wait_status(api, run_id, "running")
+
+    async def holds() -> bool:
+        holders = (await capacity(api)).get(resource, {}).get("holders", [])
+        return any(h["run_id"] == run_id for h in holders)
+
+    await wait_until(holds, 5, f"run {run_id} to hold a slot of {resource}")
     return run_id
 
 
@@ -106,7 +113,7 @@ async def test_a_run_waiting_for_its_agent_shows_queued_and_what_it_waits_for(
 ) -> None:
     async with capped_app(redis_server, tmp_path) as api:
         first = await started(
-            api, (await post(api, "s1", "one", agent_id="capped", metadata=SLOW)).json()
+            api, (await post(api, "s1", "one", agent_id="capped", metadata=SLOW)).json(), "a:capped"
         )
         second = (await post(api, "s2", "two", agent_id="capped")).json()["run_id"]
         run = await waits_for(api, second, "agent_capacity")
@@ -185,7 +192,7 @@ async def test_tenant_and_fleet_caps(
     resource: str,
 ) -> None:
     async with capped_app(redis_server, tmp_path, **settings) as api:
-        await started(api, (await post(api, "s1", "one", metadata=SLOW)).json())
+        await started(api, (await post(api, "s1", "one", metadata=SLOW)).json(), resource)
         second = (await post(api, "s2", "two")).json()["run_id"]
         await waits_for(api, second, waiting_for)
         assert (await capacity(api))[resource]["held"] == 1
@@ -197,7 +204,8 @@ async def test_waiting_runs_start_in_priority_order(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
     async with capped_app(redis_server, tmp_path) as api:
-        await started(api, (await post(api, "s0", "x", agent_id="capped", metadata=SLOW)).json())
+        slow = (await post(api, "s0", "x", agent_id="capped", metadata=SLOW)).json()
+        await started(api, slow, "a:capped")
         runs = {}
         for n, priority in enumerate([1, 9, 5]):
             body = await post(
@@ -219,6 +227,7 @@ async def test_a_run_past_its_start_deadline_while_waiting_for_capacity_expires(
         first = await started(
             api,
             (await post(api, "s1", "one", agent_id="capped", metadata={"delay_ms": 1500})).json(),
+            "a:capped",
         )
         late = (await post(api, "s2", "late", agent_id="capped", start_within_seconds=0.4)).json()[
             "run_id"

@@ -44,6 +44,8 @@ from app.redis.pubsub import PubSubHub
 log = logging.getLogger(__name__)
 
 MIN_PAUSE = 0.001
+UNREACHABLE_RETRY = 0.5
+"""How often a waiter tries again while Redis cannot be reached."""
 
 
 @dataclass(slots=True)
@@ -107,20 +109,34 @@ class SlotManager:
         slot, reply = await self.try_acquire(resource, cap, claim, token)
         if slot is not None:
             return slot
+        if reply.code == SlotCode.EXPIRED:
+            raise RunExpiredError(
+                f"run {claim.run_id} did not start in time: waited for capacity of {resource}"
+            )
         try:
             if on_wait is not None:
                 await on_wait()
-            return await self._wait(resource, cap, claim, token, reply)
+            return await self._wait(resource, cap, claim, token)
         except BaseException:
             await asyncio.shield(self._leave(resource, cap, token))
             raise
 
-    async def _wait(
-        self, resource: str, cap: int, claim: Claim, token: str, reply: AcquireReply
-    ) -> Slot:
+    async def _wait(self, resource: str, cap: int, claim: Claim, token: str) -> Slot:
         keys = slot_keys(resource)
         async with self._hub.watch(keys.wake + token) as woken:
             while True:
+                # Subscribed (and cleared) before this attempt: a wake-up published after
+                # it cannot be missed, one published before it is answered by it.
+                woken.clear()
+                try:
+                    slot, reply = await self.try_acquire(resource, cap, claim, token)
+                except RedisUnavailableError as exc:
+                    # Keep waiting: Redis back within the waiter's TTL keeps its place.
+                    log.warning("capacity %s: waiting, Redis unreachable: %s", resource, exc)
+                    await asyncio.sleep(UNREACHABLE_RETRY)
+                    continue
+                if slot is not None:
+                    return slot
                 if reply.code == SlotCode.EXPIRED:
                     raise RunExpiredError(
                         f"run {claim.run_id} did not start in time: waited for capacity "
@@ -132,11 +148,6 @@ class SlotManager:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(pause):
                         await woken.wait()
-                # Cleared before the attempt: a wake-up during it is not missed.
-                woken.clear()
-                slot, reply = await self.try_acquire(resource, cap, claim, token)
-                if slot is not None:
-                    return slot
 
     async def _leave(self, resource: str, cap: int, token: str) -> None:
         """Leave the queue (or free a slot granted by a call whose reply never came)."""
