@@ -19,6 +19,7 @@ from app.metrics import Metrics
 from app.redis.server import RedisServer
 from tests.support.api import AppClient, app_client, post, run_of, session_state, wait_status
 from tests.support.servers import INTERNAL, INTERNAL_SECRET
+from tests.support.topologies import LocalRedisCluster
 from tests.support.waiting import wait_until
 
 AGENTS = """
@@ -307,3 +308,32 @@ async def test_capacity_endpoint_needs_the_internal_secret(
 async def _held(api: AppClient, resource: str, count: int) -> bool:
     held: int | None = (await capacity(api)).get(resource, {}).get("held")
     return held == count
+
+
+async def test_caps_hold_on_a_cluster(clean_cluster: LocalRedisCluster, tmp_path: Path) -> None:
+    agents = tmp_path / "agents.toml"
+    agents.write_text(AGENTS)
+    async with app_client(
+        clean_cluster.url,
+        agents_file=agents,
+        internal_secret=INTERNAL_SECRET,
+        tenant_max_concurrent_runs=3,
+        max_concurrent_runs=3,
+    ) as api:
+        first = (await post(api, "c0", "first", agent_id="capped", metadata=SLOW)).json()
+        await started(api, first, "a:capped")
+        second = (await post(api, "c1", "second", agent_id="capped")).json()["run_id"]
+        await waits_for(api, second, "agent_capacity")
+        bodies = await asyncio.gather(
+            *(post(api, f"c{i % 10}", f"m{i}", agent_id="capped") for i in range(30))
+        )
+
+        async def at_rest() -> bool:
+            seen = await capacity(api)
+            return all(r["held"] == 0 and r["waiting"] == 0 for r in seen.values())
+
+        await wait_until(at_rest, 30, "every slot to be given back")
+        run_ids = [first["run_id"], second, *(b.json()["run_id"] for b in bodies)]
+        assert {(await run_of(api, r))["status"] for r in run_ids} == {"completed"}
+        seen = await capacity(api)
+        assert {"a:capped", "t:default", "fleet"} <= set(seen)
