@@ -20,6 +20,7 @@ from app.sessions import admission
 from tests.support.api import AppClient, Target, app_client, post, run_of, wait_status
 from tests.support.faultproxy import FaultProxy, evalsha_of
 from tests.support.servers import base_env, client, server_process, uvicorn_command
+from tests.support.waiting import wait_until
 
 HERE = "tests.test_steer"
 
@@ -49,6 +50,19 @@ class PlainAgent:
     async def stream(self, request: AgentRequest) -> AsyncIterator[str]:
         await asyncio.sleep(float(request.metadata.get("seconds", 0)))
         yield f"plain: {request.text}"
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+
+
+class HastyAgent:
+    """Accepts steering but never reads its inbox: works `metadata.seconds`, then answers."""
+
+    accepts_steering = True
+
+    async def stream(self, request: AgentRequest) -> AsyncIterator[str]:
+        await asyncio.sleep(float(request.metadata.get("seconds", 0)))
+        yield f"hasty: {request.text}"
 
     async def aclose(self) -> None:
         """Nothing to close."""
@@ -150,7 +164,38 @@ async def test_a_message_for_an_agent_that_does_not_steer_is_queued(
 
 
 def registry() -> AgentRegistry:
-    return AgentRegistry({"echo": EchoAgent(), "steered": SteeredAgent()})
+    return AgentRegistry({"echo": EchoAgent(), "steered": SteeredAgent(), "hasty": HastyAgent()})
+
+
+async def test_a_steered_message_the_agent_never_read_gets_a_run_of_its_own(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    async with app_client(redis_server.url, agents=registry()) as api:
+        slow = {"seconds": 0.5}
+        first = (await post(api, "h", "go", agent_id="hasty", metadata=slow, expect=202)).json()
+        await wait_status(api, first["run_id"], "running")
+        answers = [await steer(api, "h", text, "hasty") for text in ("x", "y")]
+        assert {a["disposition"] for a in answers} == {"steered"}
+        ended = await wait_status(api, first["run_id"], "completed")
+        assert ended["steered_inputs"] == []  # its agent read none of them
+
+        async def all_done() -> bool:
+            runs = (await api.get("/v1/sessions/h/runs")).json()["runs"]
+            return len(runs) == 3 and all(r["status"] == "completed" for r in runs)
+
+        await wait_until(all_done, 10, "the unread messages to run on their own")
+        runs = (await api.get("/v1/sessions/h/runs")).json()["runs"]
+        assert [r["input"] for r in reversed(runs)] == ["go", "x", "y"]
+        assert [r["busy_policy"] for r in reversed(runs)][1:] == ["steer", "steer"]
+        turns = (await api.get("/v1/sessions/h/transcript")).json()["turns"]
+        assert [t["text"] for t in turns] == [
+            "go",
+            "hasty: go",
+            "x",
+            "hasty: x",
+            "y",
+            "hasty: y",
+        ]
 
 
 async def test_a_steered_message_whose_notice_was_lost_arrives_with_a_renewal(

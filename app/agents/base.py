@@ -58,6 +58,11 @@ class Inbox:
         """How many messages arrived so far."""
         return len(self._messages)
 
+    @property
+    def read(self) -> int:
+        """How many messages the agent took so far."""
+        return self._read
+
     def deliver(self, index: int, text: str) -> bool:
         """Message number `index` (1, 2, ... in arrival order) arrived; a repeat is
         ignored. False when an earlier one is still missing (it must come first)."""

@@ -17,6 +17,10 @@ by the admission script, so a message joins exactly the runs that have not start
 Both leave a marker `in:<message id>` in the runs hash (`steered:<run>` or
 `collected:<run>`), so a re-sent admission, or a retry with the same idempotency key,
 answers as the first did.
+
+A run that completes before its agent read every message steered into it does not take
+the unread ones: FINISH turns each into a queued run of its own (at the head of the queue,
+in order), under the message's id, so no steered message goes unanswered.
 """
 
 from __future__ import annotations
@@ -68,8 +72,11 @@ local function steer(message_id, asked, active, steerable, digest, now)
   if #inputs >= MAX_STEERED then return nil end
   table.insert(inputs, asked.input)
   target.steered_inputs = inputs
-  target.joined = append(target.joined or {{}}, {{message_id}})
+  target.steered_ids = append(target.steered_ids or {{}}, {{message_id}})
   save_run(active, target)
+  -- What the message asked, kept (with no record of how it went, it is no run): should
+  -- the run end without its agent reading it, it becomes a run of its own (FINISH).
+  redis.call('HSET', K_RUNS, message_id, ARGV[6])
   redis.call('HSET', K_STATE, 'steered', #inputs)
   emit('steered', active, cjson.encode({{text = asked.input, index = #inputs}}))
   redis.call('PUBLISH', CONTROL_CHANNEL, cjson.encode({{session = K_STATE, run_id = active,

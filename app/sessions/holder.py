@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -202,7 +203,7 @@ async def _execute(
             held.lease.fence,
         )
         return None
-    outcome = _outcome(active)
+    outcome = dataclasses.replace(_outcome(active), steered_read=active.inbox.read)
     deps.metrics.run_duration.labels(outcome.status.value).observe(loop.time() - started)
     return outcome
 

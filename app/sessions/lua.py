@@ -331,6 +331,9 @@ local function forget_expired(now)
       for _, message in ipairs(run and run.joined or {}) do
         redis.call('HDEL', K_RUNS, 'in:' .. message)
       end
+      for _, message in ipairs(run and run.steered_ids or {}) do
+        redis.call('HDEL', K_RUNS, 'in:' .. message, message)
+      end
       redis.call('ZREM', K_ORDER, id)
     end
   end

@@ -28,7 +28,8 @@ from app.sessions.ref import SessionRef
 # KEYS: SessionKeys.all
 # ARGV[1] token, ARGV[2] fence, ARGV[3] run id, ARGV[4] status, or "<status>:<reason>" for
 #   a run that was stopped, ARGV[5] output, ARGV[6] error, ARGV[7] subscription ('' for
-#   none), ARGV[8] '1' to release even with runs queued
+#   none), ARGV[8] '1' to release even with runs queued, ARGV[9] how many of the messages
+#   steered into the run its agent read ('' for all)
 # The part of the output not yet sent as delta events is sent from here; the transcript
 # turns are built here from the stored input and the output.
 # Returns {STALE} when the fence is no longer current (nothing written);
@@ -61,6 +62,24 @@ local function tool_turns(run_id)
   return turns
 end
 
+-- A completed run whose agent did not read every message steered into it keeps those it
+-- read; each unread one becomes a queued run of its own, first in the queue, in order.
+local function requeue_unread(run, read, now)
+  local ids, inputs = run.steered_ids or {}, run.steered_inputs or {}
+  for i = #ids, read + 1, -1 do
+    local id = ids[i]
+    redis.call('HDEL', K_RUNS, 'in:' .. id)
+    save_run(id, {status = 'queued', created_at = now, generation = run.generation,
+                  attempt = '1', policy = 'steer', disposition = 'queued'})
+    redis.call('ZADD', K_ORDER, now, id)
+    redis.call('LPUSH', K_QUEUE, id)
+    emit('queued', id, '')
+    table.remove(ids, i)
+    table.remove(inputs, i)
+  end
+  run.steered_ids, run.steered_inputs = ids, inputs
+end
+
 local function main()
   local token, fence, run_id = ARGV[1], ARGV[2], ARGV[3]
   local status, reason = string.match(ARGV[4], '^([^:]+):?(.*)$')
@@ -91,6 +110,10 @@ local function main()
     if status == 'completed' then run.error = '' end
     if reason ~= '' then run.reason = reason end
     if status == 'failed' then redis.call('HSET', K_STATE, 'last_error', ARGV[6]) end
+    local read = tonumber(ARGV[9] or '')
+    if status == 'completed' and read and #(run.steered_inputs or {}) > read then
+      requeue_unread(run, read, now)
+    end
     save_run(run_id, run)
     if status == 'completed' or status == 'interrupted' then
       local turns = {}
@@ -219,6 +242,8 @@ class Finished:
     reason: str = ""
     """Who stopped the run, if it did not end by itself: stop, api, interrupted_by:<run>,
     timeout, shutdown, client_disconnected."""
+    steered_read: int | None = None
+    """How many of the messages steered into the run its agent read (None: all)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +303,7 @@ class HolderWrites:
                 outcome.error,
                 outcome.subscription,
                 "1" if release else "0",
+                "" if outcome.steered_read is None else outcome.steered_read,
             ],
         )
         code = Code(reply[0])
