@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -85,12 +86,16 @@ class CapacityGate:
         self, run: Run, subscription_id: str | None, progress: object
     ) -> AsyncIterator[None]:
         """Hold a slot of the subscription a call of the run's agent uses, if it is capped."""
-        need = self.caps.for_subscription(subscription_id)
         holding = self._runs.get(run.run_id)
+        first_call = holding is not None and holding.calls == 0
+        if holding is not None:
+            holding.calls += 1
+        need = self.caps.for_subscription(subscription_id)
         if need is None or holding is None:
             yield
             return
-        slot = await holding.take(need)
+        # Its start deadline holds until its agent is first called, not after a switch.
+        slot = await holding.take(need, deadline=first_call)
         await holding.unmark()
         try:
             yield
@@ -117,6 +122,8 @@ class RunSlots:
         self._task = task
         self._kinds: dict[str, Need] = {}
         self._marked = False
+        self.calls = 0
+        """Calls of the run's agent so far (a switch calls it again)."""
         self.lost: CapacitySlotLostError | None = None
         self.heartbeat = SlotHeartbeat(gate.slots, gate.slots.heartbeat_interval, self._on_lost)
         self.claim = Claim(
@@ -127,7 +134,10 @@ class RunSlots:
             start_by_us=run.start_by,
         )
 
-    async def take(self, need: Need) -> Slot:
+    async def take(self, need: Need, *, deadline: bool = True) -> Slot:
+        """A slot of `need`, waiting for it; past the run's start deadline (unless
+        `deadline` is False) RunExpiredError."""
+        claim = self.claim if deadline else dataclasses.replace(self.claim, start_by_us=None)
         metrics = self._gate.metrics
         loop = asyncio.get_running_loop()
         waited_since: float | None = None
@@ -141,7 +151,7 @@ class RunSlots:
             await self.mark(need.waiting_for)
 
         try:
-            slot = await self._gate.slots.acquire(need.resource, need.cap, self.claim, on_wait)
+            slot = await self._gate.slots.acquire(need.resource, need.cap, claim, on_wait)
             outcome = "granted"
         except RunExpiredError:
             outcome = "expired"
