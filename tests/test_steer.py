@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from app.sessions import admission
 from tests.support.api import AppClient, Target, app_client, post, run_of, wait_status
 from tests.support.faultproxy import FaultProxy, evalsha_of
 from tests.support.servers import base_env, client, server_process, uvicorn_command
+from tests.support.targets import RedisTarget
 from tests.support.waiting import wait_until
 
 HERE = "tests.test_steer"
@@ -264,9 +264,10 @@ async def test_a_steer_resent_is_delivered_once(
 
 
 async def test_an_idempotent_retry_of_a_steered_message_answers_the_same(
-    redis: Redis, redis_server: RedisServer, tmp_path: Path
+    target_redis: Redis, redis_target: RedisTarget
 ) -> None:
-    async with app_client(redis_server.url, agents=registry()) as api:
+    """On one server and on the cluster."""
+    async with app_client(redis_target.url, agents=registry()) as api:
         first = (await post(api, "i", "go", agent_id="steered", expect=202)).json()
         await wait_status(api, first["run_id"], "running")
         body: dict[str, Any] = {
