@@ -30,6 +30,9 @@ another worker that would fail the same way, forever."""
 
 SUPERVISOR_ENV = "LEASEGATE_SUPERVISOR_PID"
 """Set by `leasegate serve` to its own pid: its workers leave the stopping to it."""
+REFUSAL_ENV = "LEASEGATE_REFUSAL_FILE"
+"""Set by `leasegate serve`: the first of its workers to refuse the configuration creates
+this file and says why; the others, however late they get there, see it and say nothing."""
 
 PR_SET_PDEATHSIG = 1
 _held: list[socket.socket] = []
@@ -78,8 +81,19 @@ def refuse_to_start(problem: str) -> NoReturn:
 
 
 def _first_to_report(parent: int) -> bool:
-    """Whether this is the first of the supervisor's workers to report: a name in Linux's
-    abstract socket namespace is bound once, and freed when its holder exits."""
+    """Whether this is the first of the supervisor's workers to report. Under `leasegate
+    serve`: the one that creates its refusal file. Under a bare uvicorn: the one that binds
+    a name in Linux's abstract socket namespace (freed when it exits, but it ends the
+    supervisor first, and the other workers with it)."""
+    marker = os.environ.get(REFUSAL_ENV)
+    if marker and os.environ.get(SUPERVISOR_ENV) == str(parent):
+        try:
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            return False
+        except OSError:
+            return True
+        return True
     if sys.platform != "linux":
         return True
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

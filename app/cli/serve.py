@@ -29,7 +29,7 @@ from app.errors import ConfigurationError
 from app.main import load_configuration
 from app.redis.server import RedisServer
 from app.settings import Settings
-from app.supervision import STARTUP_FAILURE, SUPERVISOR_ENV
+from app.supervision import REFUSAL_ENV, STARTUP_FAILURE, SUPERVISOR_ENV
 
 log = logging.getLogger("leasegate")
 
@@ -73,6 +73,9 @@ def _serve_locked(settings: Settings, host: str, port: int, workers: int) -> int
     try:
         _prepare_metrics_dir(settings.data_dir / "metrics")
         os.environ[SUPERVISOR_ENV] = str(os.getpid())
+        refusal = settings.data_dir / "refused-start"
+        refusal.unlink(missing_ok=True)  # this instance's lock is held: no one else's file
+        os.environ[REFUSAL_ENV] = str(refusal.resolve())
         config = uvicorn.Config(
             "app.main:create_app",
             factory=True,
@@ -86,6 +89,7 @@ def _serve_locked(settings: Settings, host: str, port: int, workers: int) -> int
         )
         return _run(config, settings.shutdown_grace_seconds)
     finally:
+        (settings.data_dir / "refused-start").unlink(missing_ok=True)
         if embedded is not None:
             embedded.stop()
             log.info("embedded redis-server stopped")
