@@ -130,6 +130,13 @@ async def test_a_run_waiting_for_its_agent_shows_queued_and_what_it_waits_for(
         assert ended["waiting_for"] is None and ended["output"] == "echo: two"
         assert (await run_of(api, first))["status"] == "completed"
         assert await redis.zcard(slot_keys("a:capped").holders) == 0
+        registry = api.resources.metrics.registry
+        waits = registry.get_sample_value(
+            "leasegate_capacity_wait_seconds_count", {"kind": "agent", "outcome": "granted"}
+        )
+        assert waits == 1
+        for gauge in ("leasegate_capacity_slots_held", "leasegate_capacity_slots_waiting"):
+            assert registry.get_sample_value(gauge, {"resource": "a:capped"}) == 0
 
 
 async def test_uncapped_agents_take_no_slot(
