@@ -293,7 +293,7 @@ class Admissions:
                 RunStatus.RUNNING if running else RunStatus.QUEUED,
                 int(reply[1]),
                 start=hold,
-                disposition=as_text(reply[4]),
+                disposition=as_text(reply[4]) if len(reply) > 4 else None,
                 superseded_run_ids=first.superseded_run_ids if mine else [],
             )
         if code in (Code.STEERED, Code.COLLECTED):
