@@ -94,9 +94,6 @@ class Run:
     start_by: int | None = None
     """When a run not started yet ends `expired` (microseconds on Redis' clock: created_at
     + start_within_seconds); None: it may wait as long as it takes."""
-    waiting_for: str | None = None
-    """While a started run waits for a capacity slot (then shown `queued`): agent_capacity,
-    subscription_capacity, tenant_capacity or fleet_capacity."""
     inputs: list[str] = field(default_factory=list)
     """A collect run's messages, in order (its `input` is them joined by blank lines)."""
     collect_ms: int | None = None
@@ -118,8 +115,6 @@ class Run:
             return int(value) if value else None
 
         timeout_ms = fields.get("timeout_ms")
-        status = RunStatus(fields["status"])
-        waiting_for = fields.get("waiting_for") if status == RunStatus.RUNNING else None
         inputs = [str(text) for text in fields.get("inputs") or []]
         status = RunStatus(fields["status"])
         waiting_for = fields.get("waiting_for") if status == RunStatus.RUNNING else None
