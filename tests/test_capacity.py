@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from app.keys import slot_keys
 from app.metrics import Metrics
 from app.redis.server import RedisServer
+from tests.support.agui_agent import running_agui_agent
 from tests.support.api import AppClient, app_client, post, run_of, session_state, wait_status
 from tests.support.servers import INTERNAL, INTERNAL_SECRET
 from tests.support.topologies import LocalRedisCluster
@@ -344,3 +345,48 @@ async def test_caps_hold_on_a_cluster(clean_cluster: LocalRedisCluster, tmp_path
         assert {(await run_of(api, r))["status"] for r in run_ids} == {"completed"}
         seen = await capacity(api)
         assert {"a:capped", "t:default", "fleet"} <= set(seen)
+
+
+async def test_a_capped_agui_agent_never_has_more_runs_than_its_cap(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The real AG-UI test agent (its /slow runs last a minute): of six runs on six
+    sessions, only two reach it while four wait; stopping two lets exactly two more in."""
+    with running_agui_agent(tmp_path / "agent.log") as agent:
+        agents = tmp_path / "agents.toml"
+        agents.write_text(
+            f"[[agents]]\nid = 'agui'\nbackend = 'ag-ui'\nurl = '{agent.url('/slow')}'\n"
+            "max_concurrent_runs = 2\n"
+        )
+        async with app_client(
+            redis_server.url,
+            agents_file=agents,
+            internal_secret=INTERNAL_SECRET,
+        ) as api:
+            runs = [
+                (await post(api, f"ag{i}", "tick", agent_id="agui")).json()["run_id"]
+                for i in range(6)
+            ]
+
+            async def reached(count: int) -> bool:
+                return len((await agent.report())["records"]) == count
+
+            async def waiting() -> list[str]:
+                return [r for r in runs if (await run_of(api, r))["waiting_for"]]
+
+            await wait_until(lambda: reached(2), 10, "two runs to reach the agent")
+            await wait_until(lambda: _count(waiting, 4), 10, "four runs to wait")
+            assert await reached(2)
+            first = [r for r in runs if r not in await waiting()]
+            cancelled = await api.post("/v1/runs/cancel", json={"run_ids": first})
+            assert cancelled.status_code == 200, cancelled.text
+            await wait_until(lambda: reached(4), 10, "two more runs to reach the agent")
+            await wait_until(lambda: _count(waiting, 2), 10, "two runs to wait")
+            assert await reached(4)
+            await api.post("/v1/runs/cancel", json={"run_ids": runs})
+            for run_id in runs:
+                await wait_status(api, run_id, "cancelled")
+
+
+async def _count(source: Callable[[], Awaitable[list[str]]], count: int) -> bool:
+    return len(await source()) == count
