@@ -383,6 +383,11 @@ async def test_a_capped_agui_agent_never_has_more_runs_than_its_cap(
             await wait_until(lambda: reached(4), 10, "two more runs to reach the agent")
             await wait_until(lambda: _count(waiting, 2), 10, "two runs to wait")
             assert await reached(4)
+            # The waiting ones first, so that no run is granted a slot while it is cancelled.
+            last = await waiting()
+            await api.post("/v1/runs/cancel", json={"run_ids": last})
+            for run_id in last:
+                await wait_status(api, run_id, "cancelled")
             await api.post("/v1/runs/cancel", json={"run_ids": runs})
             for run_id in runs:
                 await wait_status(api, run_id, "cancelled")
