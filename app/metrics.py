@@ -127,34 +127,6 @@ class Metrics:
             "Runs still on the old subscription at a drain timeout, re-queued at their head.",
             registry=self.registry,
         )
-        self.capacity_held = Gauge(
-            "leasegate_capacity_slots_held",
-            "Capacity slots held by runs of this worker, per capped resource.",
-            ["resource"],
-            multiprocess_mode="livesum",
-            registry=self.registry,
-        )
-        self.capacity_waiting = Gauge(
-            "leasegate_capacity_slots_waiting",
-            "Runs of this worker waiting for a capacity slot, per capped resource.",
-            ["resource"],
-            multiprocess_mode="livesum",
-            registry=self.registry,
-        )
-        self.capacity_wait = Histogram(
-            "leasegate_capacity_wait_seconds",
-            "How long runs waited for a capacity slot, by kind (agent, subscription, tenant, "
-            "fleet) and outcome (granted, expired, left).",
-            ["kind", "outcome"],
-            buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 1, 5, 15, 60, 300, 1800),
-            registry=self.registry,
-        )
-        self.capacity_losses = Counter(
-            "leasegate_capacity_slot_losses",
-            "Capacity slots lost while their run ran, by kind.",
-            ["kind"],
-            registry=self.registry,
-        )
         self.redis_errors = Counter(
             "leasegate_redis_errors",
             "Requests answered 503 because Redis could not be reached.",

@@ -159,6 +159,26 @@ async def test_a_stop_reaches_the_agent_as_a_disconnect_within_a_second(
     assert run["output"].startswith("tick ")
 
 
+async def test_a_run_cancelled_as_its_agent_call_starts_ends_cancelled(
+    agent: AGUIAgentProcess, redis_url: str, tmp_path: Path
+) -> None:
+    """40 runs of the streaming agent, each cancelled 0 to 4 round trips after its
+    admission, so some cancellations land while the HTTP client connects to the agent (a
+    cancellation the client can swallow there: 4 runs in 60 kept streaming, and their
+    sessions busy, until the holder learned to cancel again)."""
+    agents = registry(tmp_path, agents_toml(agent.url("/slow")))
+    async with app_client(redis_url, agents=agents) as api:
+        for i in range(40):
+            session = f"quick-{i}"
+            run_id = (await post(api, session, "go", agent_id="agui", expect=202)).json()["run_id"]
+            for _ in range(i % 5):
+                await api.get(f"/v1/sessions/{session}")
+            await api.post(f"/v1/runs/{run_id}/cancel")
+            assert (await wait_status(api, run_id, "cancelled"))["status"] == "cancelled"
+            view = (await api.get(f"/v1/sessions/{session}")).json()
+            assert view["state"] == "idle", view
+
+
 @pytest.mark.parametrize("path", ["/refuse-http", "/refuse-event"])
 async def test_a_refused_subscription_switches_once_and_the_run_completes_on_b(
     agent: AGUIAgentProcess,

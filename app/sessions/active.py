@@ -44,6 +44,10 @@ class ActiveRun:
         return bool(self.parts) or self.events > 0
 
     def add(self, item: str | RunEvent) -> None:
+        if self.stop_reason is not None:
+            # Asked to stop, yet the agent's reply goes on: its cancellation was swallowed
+            # on the way (a library racing it); end the run here rather than keep going.
+            raise asyncio.CancelledError(self.stop_reason)
         if isinstance(item, str):
             self.parts.append(item)
             if self.deltas is not None:

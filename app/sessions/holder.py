@@ -151,14 +151,27 @@ async def hold(deps: HolderDeps, session: SessionRef, hold: StartedHold) -> None
 
 
 def _on_stop(deps: HolderDeps, session: SessionRef, run_id: str, reason: str) -> None:
+    """A stop request the renewal read (every renewal reads it again until the run ends).
+    A run still going one renewal after its stop is cancelled again: a library that
+    swallowed the first cancellation (seen in an HTTP client racing a connect) must not
+    keep the session busy."""
     active = deps.active.get(run_id)
-    if active is not None and active.stop_reason is None:
+    if active is None or (active.task is not None and active.task.done()):
+        return
+    if active.stop_reason is None:
         log.info(
             "session %s: stop request for run %s read by the renewal",
             session.session_id,
             run_id,
         )
-        active.stop(reason)
+    else:
+        log.warning(
+            "session %s: run %s still going after its stop (%s); cancelling it again",
+            session.session_id,
+            run_id,
+            active.stop_reason,
+        )
+    active.stop(reason)
 
 
 async def _execute(
