@@ -117,7 +117,7 @@ async def test_lost_lease_cancels_the_guarded_work_when_a_renewal_notices(
     assert lost.value.fence == lease.fence
     assert sample(metrics, "leasegate_lease_losses_total", reason="taken") == 1
     assert any(
-        "job" in r.message and f"fence {lease.fence}" in r.message
+        "job" in r.getMessage() and f"fence {lease.fence}" in r.getMessage()
         for r in caplog.records
         if r.levelno == logging.ERROR
     )
