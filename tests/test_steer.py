@@ -87,13 +87,14 @@ entrypoint = "{HERE}:PlainAgent"
 
 @pytest.fixture(scope="module")
 def steer_servers(
-    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+    redis_target: RedisTarget, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, str]]:
-    """A 4-worker server and a second server process, with the agents above."""
+    """A 4-worker server and a second server process, with the agents above, on one Redis
+    server and on the cluster."""
     folder = tmp_path_factory.mktemp("steer")
     (folder / "agents.toml").write_text(AGENTS)
     env = base_env(
-        LEASEGATE_REDIS_URL=redis_server.url,
+        LEASEGATE_REDIS_URL=redis_target.url,
         LEASEGATE_AGENTS_FILE=str(folder / "agents.toml"),
         LEASEGATE_LEASE_TTL_SECONDS="3",
         LEASEGATE_SHUTDOWN_GRACE_SECONDS="1",
