@@ -46,6 +46,7 @@ bench: $(STAMP)
 	bash bench/ensure-wrk.sh
 	$(BIN)/python -m bench.leases
 	$(BIN)/python -m bench.service
+	$(BIN)/python -m bench.capacity
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
