@@ -19,15 +19,15 @@ from redis.exceptions import NoScriptError
 
 from app.errors import (
     MetadataTooLargeError,
-    QueueFullError,
     RedisUnavailableError,
-    SessionBusyError,
 )
 from app.keys import ACTIVE_SESSIONS, WEBHOOK_SESSIONS
-from app.redis import as_text, guarded, is_cluster
+from app.redis import guarded, is_cluster
+from app.sessions.admitted import decode_admission
+from app.sessions.busy import CUTS_LUA
 from app.sessions.busy import LUA as BUSY_LUA
-from app.sessions.lua import Code, Limits, Script, decode_run_pair
-from app.sessions.models import Admission, NewRun, Run, RunStatus, StartedHold
+from app.sessions.lua import Limits, Script
+from app.sessions.models import Admission, NewRun
 from app.sessions.ref import SessionRef
 
 MAX_METADATA_BYTES = 8 * 1024
@@ -52,29 +52,11 @@ MAX_METADATA_BYTES = 8 * 1024
 #     the message went into that run (its status now);
 #   {DUPLICATE, the existing run's two fields};
 #   {REJECTED, active run id}; {QUEUE_FULL, queue length}
+# (decoded by `decode_admission`, app/sessions/admitted.py)
 ADMIT = (
     BUSY_LUA
+    + CUTS_LUA
     + """
--- What `policy` does to the run in progress: status it is stopped with, reason prefix,
--- the field naming it on the new run.
-local CUTS = {
-  interrupt = {'interrupted', 'interrupted_by:', 'interrupted_run_id'},
-  rollback = {'rolled_back', 'rolled_back_by:', 'rolled_back_run_id'},
-}
-
--- `latest`: every queued, not started run ends `superseded`.
-local function supersede_queue(run_id, run, now)
-  local ended = {}
-  for _, id in ipairs(redis.call('LRANGE', K_QUEUE, 0, -1)) do
-    if finish_run(id, 'superseded', 'superseded by a later message', now,
-                  'superseded_by:' .. run_id) then
-      table.insert(ended, id)
-    end
-  end
-  redis.call('DEL', K_QUEUE)
-  if #ended > 0 then run.superseded = ended end
-end
-
 local function queued_answer(position, active, run)
   return append({QUEUED, position, active, run.disposition or 'queued'}, run.superseded or {})
 end
@@ -275,62 +257,7 @@ class Admissions:
         ]
         sent = asyncio.get_running_loop().time()
         reply = await self._indexed(session, session.keys.all, args, webhook=bool(new.webhook))
-        return self._decode(session, reply, run_id, token, sent)
-
-    def _decode(
-        self, session: SessionRef, reply: list[Any], run_id: str, token: str, sent: float
-    ) -> Admission | None:
-        code = Code(reply[0])
-        if code == Code.ABORTED:
-            return None
-        if code == Code.STARTED:
-            first = Run.from_record(decode_run_pair(reply[2], reply[3]))
-            mine = first.run_id == run_id
-            running = mine and first.status is RunStatus.RUNNING
-            hold = StartedHold(token, sent, first)
-            return Admission(
-                run_id,
-                RunStatus.RUNNING if running else RunStatus.QUEUED,
-                int(reply[1]),
-                start=hold,
-                disposition=as_text(reply[4]) if len(reply) > 4 else None,
-                superseded_run_ids=first.superseded_run_ids if mine else [],
-            )
-        if code in (Code.STEERED, Code.COLLECTED):
-            # The message went into another run: the answer names that run.
-            into = as_text(reply[1])
-            return Admission(
-                into,
-                RunStatus(as_text(reply[3])),
-                int(reply[2]),
-                disposition="steered" if code == Code.STEERED else "collected",
-            )
-        if code == Code.QUEUED:
-            disposition = as_text(reply[3])
-            cut = as_text(reply[2]) if disposition in ("interrupted", "rolled_back") else None
-            return Admission(
-                run_id,
-                RunStatus.QUEUED,
-                int(reply[1]),
-                disposition=disposition,
-                interrupted_run_id=cut,
-                superseded_run_ids=[as_text(r) for r in reply[4:]],
-            )
-        if code == Code.DUPLICATE:
-            existing = Run.from_record(decode_run_pair(reply[1], reply[2]))
-            return Admission(
-                existing.run_id,
-                existing.status,
-                0,
-                duplicate=True,
-                run=existing,
-                disposition=existing.disposition,
-            )
-        if code == Code.REJECTED:
-            raise SessionBusyError(session.session_id, as_text(reply[1]) or None)
-        if code == Code.QUEUE_FULL:
-            raise QueueFullError(session.session_id, self._queue_cap)
-        raise RuntimeError(f"unexpected admission code {code!r}")
+        return decode_admission(session, reply, run_id, token, sent, self._queue_cap)
 
     async def _indexed(
         self, session: SessionRef, keys: list[str], args: list[Any], *, webhook: bool

@@ -1,4 +1,4 @@
-"""The `steer` and `collect` busy policies, as the admission script applies them.
+"""The busy policies beyond enqueue and reject, as the admission script applies them.
 
 `steer`: a message for a busy session whose running run's agent accepts steering (a
 python agent that declares `accepts_steering`; the admitting worker passes the ids of those
@@ -21,6 +21,9 @@ answers as the first did.
 A run that completes before its agent read every message steered into it does not take
 the unread ones: FINISH turns each into a queued run of its own (at the head of the queue,
 in order), under the message's id, so no steered message goes unanswered.
+
+`interrupt`, `rollback` and `latest` cut into the session's work instead (`CUTS_LUA`): the
+first two ask the holder to stop the running run, the last ends every queued run.
 """
 
 from __future__ import annotations
@@ -106,5 +109,29 @@ local function begin_collect(run, asked, collect_ms, now)
   run.collect_ms, run.first_at, run.inputs = tostring(collect_ms), now, {{asked.input}}
   run.start_at = string.format('%.0f', tonumber(now) + collect_ms * 1000)
   run.disposition = 'collected'
+end
+"""
+
+# Lua for ADMIT: the policies that cut into the session's work (`interrupt`, `rollback`,
+# `latest`).
+CUTS_LUA = """
+-- What `policy` does to the run in progress: status it is stopped with, reason prefix,
+-- the field naming it on the new run.
+local CUTS = {
+  interrupt = {'interrupted', 'interrupted_by:', 'interrupted_run_id'},
+  rollback = {'rolled_back', 'rolled_back_by:', 'rolled_back_run_id'},
+}
+
+-- `latest`: every queued, not started run ends `superseded`.
+local function supersede_queue(run_id, run, now)
+  local ended = {}
+  for _, id in ipairs(redis.call('LRANGE', K_QUEUE, 0, -1)) do
+    if finish_run(id, 'superseded', 'superseded by a later message', now,
+                  'superseded_by:' .. run_id) then
+      table.insert(ended, id)
+    end
+  end
+  redis.call('DEL', K_QUEUE)
+  if #ended > 0 then run.superseded = ended end
 end
 """
