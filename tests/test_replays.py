@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 
 from app.metrics import Metrics
 from app.redis.server import RedisServer
-from app.sessions import admission, control, index, lua, renewal, writes
+from app.sessions import admission, control, emits, index, lua, renewal, writes
 from app.sessions.ref import SessionRef
 from tests.support.api import AppClient, app_client, post, run_of, wait_status
 from tests.support.faultproxy import FaultProxy, evalsha_of
@@ -179,7 +179,7 @@ async def test_delta_resent_is_not_sent_twice(
     if broken:  # no batch check: a re-sent write is appended again
         breaks(
             monkeypatch,
-            writes,
+            emits,
             "EMIT",
             "if tonumber(state[4] or '0') >= batch then return {OK} end",
             "",
