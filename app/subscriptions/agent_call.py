@@ -21,7 +21,8 @@ from app.agents import AgentRegistry, AgentRequest, RunContext, RunEvent, Turn
 from app.agents.base import Inbox
 from app.errors import AgentFailedError, SubscriptionFailureError, SubscriptionsExhaustedError
 from app.sessions.models import Run
-from app.subscriptions.switcher import Subscriptions, SwitchResult
+from app.subscriptions.outcomes import SwitchResult
+from app.subscriptions.switcher import Subscriptions
 
 log = logging.getLogger(__name__)
 

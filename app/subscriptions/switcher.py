@@ -25,8 +25,7 @@ a failure of the same subscription is stale (its run waits at the gate).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
@@ -39,6 +38,7 @@ from app.redis import as_text, guarded
 from app.subscriptions import cooldowns, views
 from app.subscriptions.classify import Cooldowns
 from app.subscriptions.cooldowns import Standings
+from app.subscriptions.outcomes import SwitchResult, switch_event
 from app.subscriptions.scripts import AssignCode, SubscriptionScripts
 from app.subscriptions.views import effective
 from app.subscriptions.webhook import Webhook
@@ -47,30 +47,6 @@ if TYPE_CHECKING:
     from app.subscriptions.reload import Reloads
 
 log = logging.getLogger(__name__)
-
-Reason = Literal["switched", "stale", "no_alternative", "assigned"]
-
-
-@dataclass(frozen=True, slots=True)
-class SwitchResult:
-    switched: bool
-    from_subscription: str
-    to_subscription: str
-    reason: Reason
-    retry_in: float | None = None
-    """With no alternative: seconds until the first subscription comes back (None: all
-    are disabled)."""
-
-    def public(self) -> dict[str, Any]:
-        answer: dict[str, Any] = {
-            "switched": self.switched,
-            "from": self.from_subscription,
-            "to": self.to_subscription,
-            "reason": self.reason,
-        }
-        if self.reason == "no_alternative":
-            answer["retry_in"] = self.retry_in
-        return answer
 
 
 class Subscriptions:
@@ -168,7 +144,7 @@ class Subscriptions:
             code, *_ = await self._assign(lease, keys, raw, current, subscription, "manual", "")
         if code != AssignCode.ASSIGNED:
             raise RuntimeError(f"manual assignment of {agent_id!r} refused ({code!r})")
-        event = self._event(agent_id, current, subscription, "manual", "")
+        event = switch_event(agent_id, current, subscription, "manual", "")
         if self._webhook is not None:
             self._webhook.send(event)
         self._metrics.switches.labels("manual").inc()
@@ -237,7 +213,7 @@ class Subscriptions:
         )
         return (
             SwitchResult(True, failed, candidate, "switched"),
-            self._event(agent_id, failed, candidate, "auto", kind),
+            switch_event(agent_id, failed, candidate, "auto", kind),
         )
 
     async def _assign(
@@ -304,14 +280,3 @@ class Subscriptions:
     def _outcome(self, result: SwitchResult) -> SwitchResult:
         self._metrics.switches.labels(result.reason).inc()
         return result
-
-    @staticmethod
-    def _event(agent_id: str, old: str, new: str, reason: str, kind: str) -> dict[str, Any]:
-        return {
-            "type": "subscription_switched",
-            "agent_id": agent_id,
-            "from": old,
-            "to": new,
-            "reason": reason,
-            "kind": kind,
-        }
