@@ -14,14 +14,12 @@ from redis.asyncio import Redis
 from app.agents import AgentRegistry
 from app.agents.python import steerable
 from app.auth import ApiKeys, InternalSecret
-from app.capacity import CapacityGate, Caps
+from app.capacity import CapacityGate
 from app.executions import ExecutionStore
 from app.fleet.sessions import SessionListing
 from app.fleet.workers import WorkerRegistry
 from app.keys import CONTROL_CHANNEL, WAKE_CHANNEL
 from app.locks import LeaseManager, LeaseScripts
-from app.locks.slot_scripts import SlotScripts
-from app.locks.slots import SlotManager
 from app.metrics import Metrics
 from app.redis import create_redis
 from app.redis.pubsub import PubSubHub
@@ -45,7 +43,7 @@ from app.subscriptions.reload import Reloads
 from app.subscriptions.scripts import SubscriptionScripts
 from app.subscriptions.switcher import Subscriptions
 from app.subscriptions.webhook import Webhook
-from app.webhooks.deliverer import Deliverer
+from app.webhooks.deliverer import Deliverer, open_deliverer
 from app.webhooks.notices import Notices
 from app.webhooks.outbox import Outbox
 
@@ -138,16 +136,7 @@ class Resources:
             default_policy=settings.default_busy_policy,
         )
         index = SessionIndex(redis, limits, worker=worker)
-        slots = SlotManager(
-            redis,
-            SlotScripts.register(redis),
-            hub,
-            ttl=settings.lease_ttl_seconds,
-            heartbeat_interval=settings.heartbeat_interval,
-        )
-        capacity = CapacityGate(
-            redis, slots, Caps.from_config(settings, agents.config), metrics, worker=worker
-        )
+        capacity = CapacityGate.open(redis, hub, settings, agents.config, metrics, worker=worker)
         requeues = Requeues(redis, limits)
         gate_scripts = GateScripts.register(redis)
         subscriptions.reloads = Reloads(
@@ -202,26 +191,10 @@ class Resources:
             idle_grace=2 * settings.lease_ttl_seconds,
         )
         outbox = Outbox(redis, limits)
-        deliverer = None
         notices = Notices(redis, [a for a in agents.ids() if agents.subscriptions_of(a)])
-        if settings.webhook_secret is not None or webhook is not None:
-            signing = settings.webhook_secret
-            deliverer = Deliverer(
-                redis,
-                outbox,
-                index,
-                leases,
-                secret=signing.get_secret_value() if signing else None,
-                interval=settings.webhook_interval_seconds,
-                timeout=settings.webhook_timeout_seconds,
-                max_attempts=settings.webhook_max_attempts,
-                retry_base=settings.webhook_retry_base_seconds,
-                notices=notices,
-                switch_url=webhook.url if webhook else None,
-            )
-            if webhook is not None:
-                webhook.attach(deliverer.soon)
-            await deliverer.prepare()
+        deliverer = await open_deliverer(
+            redis, settings, outbox, index, leases, notices=notices, webhook=webhook
+        )
         workers = WorkerRegistry(
             redis,
             worker_id=worker,

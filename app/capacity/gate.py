@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
@@ -23,11 +23,16 @@ from app.capacity.caps import Caps, Need
 from app.capacity.marks import WaitingMarks
 from app.errors import CapacitySlotLostError, LeaseLostError, RedisUnavailableError, RunExpiredError
 from app.keys import CAPACITY_TENANTS
-from app.locks.slot_scripts import Claim
+from app.locks.slot_scripts import Claim, SlotScripts
 from app.locks.slots import Slot, SlotHeartbeat, SlotManager
 from app.metrics import Metrics
 from app.redis import guarded
 from app.sessions.models import Run
+
+if TYPE_CHECKING:
+    from app.agents.config import AgentsConfig
+    from app.redis.pubsub import PubSubHub
+    from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,28 @@ class CapacityGate:
         self.worker = worker
         self._runs: dict[str, RunSlots] = {}
         self._tenants_seen: set[str] = set()
+
+    @classmethod
+    def open(
+        cls,
+        redis: Redis,
+        hub: PubSubHub,
+        settings: Settings,
+        config: AgentsConfig,
+        metrics: Metrics,
+        *,
+        worker: str,
+    ) -> CapacityGate:
+        """The worker's gate: the caps of the settings and the agents file, over slots kept
+        like leases (the lease TTL, renewed at the heartbeat interval)."""
+        slots = SlotManager(
+            redis,
+            SlotScripts.register(redis),
+            hub,
+            ttl=settings.lease_ttl_seconds,
+            heartbeat_interval=settings.heartbeat_interval,
+        )
+        return cls(redis, slots, Caps.from_config(settings, config), metrics, worker=worker)
 
     @property
     def scripts(self) -> list[Any]:

@@ -27,7 +27,7 @@ import logging
 import random
 import time
 from datetime import UTC, datetime
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import httpx
 from redis.asyncio import Redis
@@ -42,6 +42,10 @@ from app.sessions.ref import SessionRef
 from app.tasks import cancel_and_wait
 from app.webhooks.notices import Notice, Notices
 from app.webhooks.outbox import Delivery, Outbox
+
+if TYPE_CHECKING:
+    from app.settings import Settings
+    from app.subscriptions.webhook import Webhook as SwitchWebhook
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +233,40 @@ class Deliverer:
             return "dead", 0
         backoff = min(self._retry_base * 2 ** (attempts - 1), MAX_BACKOFF)
         return "retry", _now_ms() + round(backoff * 1000)
+
+
+async def open_deliverer(
+    redis: Redis,
+    settings: Settings,
+    outbox: Outbox,
+    index: SessionIndex,
+    leases: LeaseManager,
+    *,
+    notices: Notices,
+    webhook: SwitchWebhook | None,
+) -> Deliverer | None:
+    """The worker's deliverer, prepared (not started), and told of by the switch webhook;
+    None when there is nothing it could sign or send to (no webhook secret, no switch URL)."""
+    if settings.webhook_secret is None and webhook is None:
+        return None
+    signing = settings.webhook_secret
+    deliverer = Deliverer(
+        redis,
+        outbox,
+        index,
+        leases,
+        secret=signing.get_secret_value() if signing else None,
+        interval=settings.webhook_interval_seconds,
+        timeout=settings.webhook_timeout_seconds,
+        max_attempts=settings.webhook_max_attempts,
+        retry_base=settings.webhook_retry_base_seconds,
+        notices=notices,
+        switch_url=webhook.url if webhook else None,
+    )
+    if webhook is not None:
+        webhook.attach(deliverer.soon)
+    await deliverer.prepare()
+    return deliverer
 
 
 def _session(member: str) -> SessionRef | None:
