@@ -39,8 +39,6 @@ from the environment here and never written anywhere else.
 from __future__ import annotations
 
 import dataclasses
-import json
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,26 +47,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from app.agents.agui_headers import headers_from_env
 from app.agents.base import Subscription
 from app.errors import AgentsConfigError
 
 ID_PATTERN = r"^[A-Za-z0-9._\-]{1,64}$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-RESERVED_HEADERS = frozenset(
-    {
-        "accept",
-        "connection",
-        "content-length",
-        "content-type",
-        "host",
-        "idempotency-key",
-        "leasegate-fence",
-        "transfer-encoding",
-    }
-)
-"""Headers an ag-ui request carries from leasegate itself, which headers_env cannot replace."""
-
 Backend = Literal["openai", "echo", "ag-ui", "python"]
 DRAIN_TIMEOUT = 120.0
 """How long runs in flight on the old subscription may finish before a reload, by default."""
@@ -224,7 +208,11 @@ def _agent(
 ) -> AgentConfig:
     uses = tuple(entry.subscriptions)
     if isinstance(entry, _AGUIEntry):
-        headers = _headers(entry, environ, path) if entry.headers_env else {}
+        headers = (
+            headers_from_env(entry.id, entry.headers_env, environ, path)
+            if entry.headers_env
+            else {}
+        )
         return AgentConfig(
             entry.id,
             "ag-ui",
@@ -248,32 +236,6 @@ def _agent(
     if entry.backend == "openai":
         _check_openai(entry, subscriptions, environ, path)
     return AgentConfig(entry.id, entry.backend, entry.model, uses, entry.system_prompt)
-
-
-def _headers(entry: _AGUIEntry, environ: Mapping[str, str], path: Path) -> dict[str, str]:
-    """The JSON object of extra headers in the environment variable `headers_env` names.
-    Messages name the variable and the header, never a value (values may be secrets)."""
-    variable = entry.headers_env
-    where = f"agents file {path}: ag-ui agent {entry.id!r}: environment variable {variable}"
-    raw = environ.get(entry.headers_env or "")
-    if not raw:
-        raise AgentsConfigError(f"{where} (headers_env) is not set")
-    try:
-        parsed = json.loads(raw)
-    except ValueError:
-        raise AgentsConfigError(f"{where} is not JSON (expected an object of headers)") from None
-    if not isinstance(parsed, dict):
-        raise AgentsConfigError(f"{where} is not a JSON object of headers")
-    for name, value in parsed.items():
-        if not HEADER_NAME.match(name):
-            raise AgentsConfigError(f"{where}: {name!r} is not a valid header name")
-        if name.lower() in RESERVED_HEADERS:
-            raise AgentsConfigError(f"{where}: header {name!r} is set by leasegate itself")
-        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
-            raise AgentsConfigError(
-                f"{where}: the value of header {name!r} must be a string on one line"
-            )
-    return parsed
 
 
 def _check_openai(
