@@ -28,11 +28,10 @@ from app.errors import (
     LeaseLostError,
     LeaseNotOwnedError,
     RedisUnavailableError,
-    RunExpiredError,
 )
 from app.locks import Lease
 from app.metrics import Metrics
-from app.sessions import steering
+from app.sessions import steering, stops
 from app.sessions.active import ActiveRun
 from app.sessions.collecting import await_collect
 from app.sessions.control import Control
@@ -48,14 +47,6 @@ from app.sessions.writes import AfterFinish, Finished, HolderWrites
 log = logging.getLogger(__name__)
 
 FINISH_RETRY_DELAY = 0.1
-
-STOP_STATUS = {
-    "cancelled": RunStatus.CANCELLED,
-    "interrupted": RunStatus.INTERRUPTED,
-    "timed_out": RunStatus.TIMED_OUT,
-    "rolled_back": RunStatus.ROLLED_BACK,
-    "requeued": RunStatus.QUEUED,  # put back at the head of the queue (`requeue.py`)
-}
 
 
 History = Callable[[], Awaitable[list[Turn]]]
@@ -116,7 +107,7 @@ async def hold(deps: HolderDeps, session: SessionRef, hold: StartedHold) -> None
     )
     current: list[ActiveRun] = []
 
-    on_stop = functools.partial(_on_stop, deps, session)
+    on_stop = functools.partial(stops.on_stop, deps, session)
 
     def on_lost(_: LeaseLostError) -> None:
         for active in current:
@@ -148,30 +139,6 @@ async def hold(deps: HolderDeps, session: SessionRef, hold: StartedHold) -> None
                 await _wake_another(deps, session, after.queued)
     finally:
         deps.renewals.discard(held)
-
-
-def _on_stop(deps: HolderDeps, session: SessionRef, run_id: str, reason: str) -> None:
-    """A stop request the renewal read (every renewal reads it again until the run ends).
-    A run still going one renewal after its stop is cancelled again: a library that
-    swallowed the first cancellation (seen in an HTTP client racing a connect) must not
-    keep the session busy."""
-    active = deps.active.get(run_id)
-    if active is None or (active.task is not None and active.task.done()):
-        return
-    if active.stop_reason is None:
-        log.info(
-            "session %s: stop request for run %s read by the renewal",
-            session.session_id,
-            run_id,
-        )
-    else:
-        log.warning(
-            "session %s: run %s still going after its stop (%s); cancelling it again",
-            session.session_id,
-            run_id,
-            active.stop_reason,
-        )
-    active.stop(reason)
 
 
 async def _execute(
@@ -207,7 +174,7 @@ async def _execute(
         deps.active.pop(run.run_id, None)
         current.clear()
     await active.deltas.drain()
-    if _stopped_as(active) in ("lost", "reset") or held.lost is not None:
+    if stops.stopped_as(active) in ("lost", "reset") or held.lost is not None:
         deps.metrics.stale_writes.inc()
         log.warning(
             "session %s: run %s ends without writing: lease lost (fence %d)",
@@ -216,7 +183,7 @@ async def _execute(
             held.lease.fence,
         )
         return None
-    outcome = dataclasses.replace(_outcome(active), steered_read=active.inbox.read)
+    outcome = dataclasses.replace(stops.outcome(active), steered_read=active.inbox.read)
     deps.metrics.run_duration.labels(outcome.status.value).observe(loop.time() - started)
     return outcome
 
@@ -232,29 +199,6 @@ async def _run_agent(
             await gates.enter_async_context(gate.admit(run, active))
         deps.renewals.confirm(held, run.run_id)
         await deps.calls.run(run, history, active)
-
-
-def _stopped_as(active: ActiveRun) -> str:
-    """The status a stop asked for: stop reasons are "<status>:<who>" (cancelled:stop,
-    interrupted:interrupted_by:<run>, timed_out:timeout, reset:deleted), or "lost"."""
-    return (active.stop_reason or "").partition(":")[0]
-
-
-def _outcome(active: ActiveRun) -> Finished:
-    assert active.task is not None
-    output = "".join(active.parts)
-    subscription = active.subscription or ""
-    if active.task.cancelled():
-        status = STOP_STATUS.get(_stopped_as(active), RunStatus.CANCELLED)
-        why = (active.stop_reason or "").partition(":")[2]
-        return Finished(status, output, f"run {status.value}", subscription, reason=why)
-    error = active.task.exception()
-    if isinstance(error, RunExpiredError):
-        return Finished(RunStatus.EXPIRED, output, str(error), subscription, reason="expired")
-    if error is not None:
-        log.warning("run %s failed: %s", active.run.run_id, error)
-        return Finished(RunStatus.FAILED, output, str(error) or type(error).__name__, subscription)
-    return Finished(RunStatus.COMPLETED, output, "", subscription)
 
 
 async def _finish(
