@@ -126,6 +126,14 @@ def fleet(request: pytest.FixtureRequest) -> Servers:
 
 
 @pytest.fixture
+async def fleet_redis(fleet: Servers) -> AsyncIterator[Redis]:
+    """A client of the Redis `fleet` runs on (a RedisCluster on the cluster)."""
+    client = create_redis(make_settings(fleet.redis_url))
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
 def cluster_servers(
     clean_cluster: LocalRedisCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Servers]:

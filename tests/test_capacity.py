@@ -20,6 +20,7 @@ from app.redis.server import RedisServer
 from tests.support.agui_agent import running_agui_agent
 from tests.support.api import AppClient, app_client, post, run_of, session_state, wait_status
 from tests.support.servers import INTERNAL, INTERNAL_SECRET
+from tests.support.targets import RedisTarget
 from tests.support.topologies import LocalRedisCluster
 from tests.support.waiting import wait_until
 
@@ -68,12 +69,13 @@ SLOW = {"delay_ms": 600}
 
 @asynccontextmanager
 async def capped_app(
-    redis_server: RedisServer, tmp_path: Path, **settings: Any
+    redis: RedisServer | str, tmp_path: Path, **settings: Any
 ) -> AsyncIterator[AppClient]:
+    """An app with the agents above, on a redis-server or a Redis URL (the cluster's)."""
     agents = tmp_path / "agents.toml"
     agents.write_text(AGENTS)
     async with app_client(
-        redis_server.url,
+        redis if isinstance(redis, str) else redis.url,
         metrics=Metrics(),
         agents_file=agents,
         internal_secret=INTERNAL_SECRET,
@@ -270,23 +272,29 @@ async def test_a_lost_slot_stops_the_run_loudly(
         assert any("capacity slot a:capped" in r.getMessage() for r in caplog.records)
 
 
-async def test_no_slot_is_held_at_rest_after_many_runs(
-    redis: Redis, redis_server: RedisServer, tmp_path: Path
+async def test_no_slot_is_held_at_rest_after_a_thousand_runs(
+    target_redis: Redis, redis_target: RedisTarget, tmp_path: Path
 ) -> None:
-    async with capped_app(redis_server, tmp_path, max_concurrent_runs=4) as api:
+    """1,000 capped runs (40 sessions, 25 messages each), on one server and on the
+    cluster: afterwards no slot is held and nobody waits."""
+    redis = target_redis
+    async with capped_app(redis_target.url, tmp_path, max_concurrent_runs=4) as api:
         sessions = [f"s{i}" for i in range(40)]
-        for round_ in range(5):
+        run_ids: list[str] = []
+        for round_ in range(25):
             bodies = await asyncio.gather(
                 *(post(api, s, f"m{round_}", agent_id="capped") for s in sessions)
             )
             assert all(b.status_code == 202 for b in bodies)
+            run_ids += [b.json()["run_id"] for b in bodies]
 
         async def all_done() -> bool:
             seen = await capacity(api)
             return all(r["held"] == 0 and r["waiting"] == 0 for r in seen.values())
 
-        await wait_until(all_done, 30, "every slot to be given back")
-        statuses = {(await run_of(api, b.json()["run_id"]))["status"] for b in bodies}
+        await wait_until(all_done, 60, "every slot to be given back")
+        assert len(run_ids) == 1000
+        statuses = {(await run_of(api, run_id))["status"] for run_id in run_ids}
         assert statuses == {"completed"}
         for resource in ("a:capped", "fleet"):
             keys = slot_keys(resource)

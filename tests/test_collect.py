@@ -55,8 +55,10 @@ async def collect(to: Target, session: str, text: str, collect_ms: int) -> dict[
 
 
 async def test_a_burst_across_workers_becomes_one_run_with_every_input(
-    servers: Servers, redis: Redis
+    fleet: Servers, fleet_redis: Redis
 ) -> None:
+    """Across a 4-worker server and a second process, on one Redis server and the cluster."""
+    servers, redis = fleet, fleet_redis
     collect_ms = 600
     targets = [servers.four_workers, servers.other_process] * 3
     texts = [f"part {i}" for i in range(6)]

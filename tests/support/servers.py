@@ -88,6 +88,8 @@ class Servers:
     four_workers: str
     other_process: str
     logs: Path
+    redis_url: str = ""
+    """The Redis they share (LEASEGATE_REDIS_URL)."""
 
 
 def client(url: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
@@ -183,7 +185,7 @@ def running_servers(redis_url: str, logs: Path) -> Iterator[Servers]:
         server_process(uvicorn_command(port_a, 4), env, logs / "a.log", url_a),
         server_process(uvicorn_command(port_b, 1), env, logs / "b.log", url_b),
     ):
-        yield Servers(url_a, url_b, logs)
+        yield Servers(url_a, url_b, logs, redis_url)
 
 
 @contextmanager
