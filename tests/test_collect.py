@@ -26,7 +26,7 @@ from app.sessions import admission, index, writes
 from app.sessions.ref import SessionRef
 from tests.support.api import AppClient, Target, app_client, post, run_of, wait_status
 from tests.support.faultproxy import FaultProxy, evalsha_of
-from tests.support.servers import Servers, client
+from tests.support.servers import Servers, client, fleet_client
 from tests.support.targets import RedisTarget
 from tests.support.waiting import wait_until
 
@@ -82,10 +82,11 @@ async def test_a_burst_across_workers_becomes_one_run_with_every_input(
 
 
 async def test_a_burst_that_goes_on_starts_at_ten_times_collect_ms(
-    redis: Redis, redis_server: RedisServer
+    fleet: Servers, fleet_redis: Redis
 ) -> None:
-    collect_ms = 400
-    async with app_client(redis_server.url) as api:
+    """Messages to a 4-worker server and a second process in turn, on both topologies."""
+    redis, collect_ms = fleet_redis, 400
+    async with fleet_client(fleet) as api:
         first = await collect(api, "cap", "m0", collect_ms)
         began = time.monotonic()
         answers = [first]
@@ -96,7 +97,7 @@ async def test_a_burst_that_goes_on_starts_at_ten_times_collect_ms(
             await asyncio.sleep(0.6 * collect_ms / 1000)  # the burst's pace, not a wait
             answers.append(await collect(api, "cap", f"m{len(answers)}", collect_ms))
         run = await wait_status(api, first["run_id"], "completed")
-        session = SessionRef.of("default", "cap")
+        session = SessionRef.of("acme", "cap")
         joined = await collected_at(redis, session, first["run_id"])
         follower = answers[-1]
         arrivals = joined + (await collected_at(redis, session, follower["run_id"]))[:1]
