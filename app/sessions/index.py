@@ -40,7 +40,7 @@ local function main()
     if first ~= '' then return append({STARTED, 0}, flat_next(first, load_run(first), now_us())) end
   end
   if holder then
-    expire_queue(now_us())
+    expire_queue()
     return {BUSY}
   end
   local active = redis.call('HGET', K_STATE, 'active_run') or ''

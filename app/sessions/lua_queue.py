@@ -27,9 +27,13 @@ local function note_start_by(run)
 end
 
 -- End `expired` every queued run whose start deadline has passed (when one may have).
-local function expire_queue(now)
+-- `now` is read only when a deadline is kept: most sessions have none, and the sweeper
+-- calls this for every held session.
+local function expire_queue()
   local due = redis.call('HGET', K_STATE, 'start_by_due')
-  if not due or tonumber(due) > tonumber(now) then return end
+  if not due then return end
+  local now = now_us()
+  if tonumber(due) > tonumber(now) then return end
   local earliest = nil
   for _, id in ipairs(redis.call('LRANGE', K_QUEUE, 0, -1)) do
     local run = load_run(id)
