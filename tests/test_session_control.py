@@ -180,7 +180,10 @@ async def test_latest_supersedes_every_queued_run(api: httpx.AsyncClient) -> Non
 async def test_rollback_stops_the_run_and_keeps_its_turns_out(api: httpx.AsyncClient) -> None:
     await post(api, "s", "kept", wait=5)
     active = (await post(api, "s", "regretted", metadata=SLOW)).json()
-    back = (await post(api, "s", "instead", busy_policy="rollback", wait=5)).json()
+    answer = (await post(api, "s", "instead", busy_policy="rollback")).json()
+    assert answer["disposition"] == "rolled_back" and "interrupted_run_id" not in answer
+    assert answer["rolled_back_run_id"] == active["run_id"]  # the 202 names what it did
+    back = await wait_status(api, answer["run_id"], "completed")
     assert back["status"] == "completed" and back["disposition"] == "rolled_back"
     assert back["rolled_back_run_id"] == active["run_id"]
     rolled = await run_of(api, active["run_id"])  # its record stays, for audit

@@ -116,11 +116,7 @@ async def post_message(
             if admission.superseded_run_ids
             else {}
         )
-        | (
-            {"interrupted_run_id": admission.interrupted_run_id}
-            if admission.interrupted_run_id
-            else {}
-        )
+        | _cut(admission)
         | extra,
         status_code=202,
     )

@@ -62,7 +62,12 @@ class Admitted(BaseModel):
     queue_position: int = Field(ge=0, description="0: started at once.")
     disposition: str | None
     superseded_run_ids: list[str] | None = None
-    interrupted_run_id: str | None = None
+    interrupted_run_id: str | None = Field(
+        default=None, description="`interrupted`: the run it stopped."
+    )
+    rolled_back_run_id: str | None = Field(
+        default=None, description="`rolled_back`: the run it stopped."
+    )
     idempotent_replay: bool | None = None
 
 
