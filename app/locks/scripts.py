@@ -8,9 +8,9 @@ EVALSHA and reloads the script by itself on NOSCRIPT, e.g. after a Redis restart
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Self
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -64,21 +64,34 @@ return 2
 
 
 @dataclass(frozen=True, slots=True)
-class LeaseScripts:
+class LockScripts:
+    """A lock's three scripts registered on one client: the lease's (below) and the
+    capacity slots' (`app.locks.slot_scripts.SlotScripts`)."""
+
     acquire: AsyncScript
     renew: AsyncScript
     release: AsyncScript
 
     @classmethod
-    def register(cls, redis: Redis) -> LeaseScripts:
+    def of(cls, redis: Redis, acquire: str, renew: str, release: str) -> Self:
         return cls(
-            acquire=redis.register_script(ACQUIRE),
-            renew=redis.register_script(RENEW),
-            release=redis.register_script(RELEASE),
+            acquire=redis.register_script(acquire),
+            renew=redis.register_script(renew),
+            release=redis.register_script(release),
         )
 
     def all(self) -> list[AsyncScript]:
-        return [getattr(self, f.name) for f in fields(self)]
+        return [self.acquire, self.renew, self.release]
+
+
+class LeaseScripts(LockScripts):
+    """The lease's scripts above."""
+
+    __slots__ = ()
+
+    @classmethod
+    def register(cls, redis: Redis) -> LeaseScripts:
+        return cls.of(redis, ACQUIRE, RENEW, RELEASE)
 
 
 async def call(script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:

@@ -17,14 +17,14 @@ found again; a release remembers the tokens it released for `RELEASED_MEMORY_MS`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 
 from app.keys import SlotKeys
+from app.locks.scripts import LockScripts
 
 
 class SlotCode(IntEnum):
@@ -192,22 +192,14 @@ return 2
 )
 
 
-@dataclass(frozen=True, slots=True)
-class SlotScripts:
-    acquire: AsyncScript
-    renew: AsyncScript
-    release: AsyncScript
+class SlotScripts(LockScripts):
+    """The slots' scripts above."""
+
+    __slots__ = ()
 
     @classmethod
     def register(cls, redis: Redis) -> SlotScripts:
-        return cls(
-            acquire=redis.register_script(ACQUIRE),
-            renew=redis.register_script(RENEW),
-            release=redis.register_script(RELEASE),
-        )
-
-    def all(self) -> list[AsyncScript]:
-        return [getattr(self, f.name) for f in fields(self)]
+        return cls.of(redis, ACQUIRE, RENEW, RELEASE)
 
 
 @dataclass(frozen=True, slots=True)
