@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
@@ -54,8 +52,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from app.redis.server import free_port
-from tests.support.waiting import wait_until_sync
+from tests.support.processes import serving_module
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -66,7 +63,6 @@ REFUSED_KEY = "key-of-a"
 """The subscription key /refuse-http and /refuse-event refuse."""
 ECHO_PAUSE = 0.02
 TICK = 0.05
-START_TIMEOUT = 30.0
 
 
 # -- the agents --------------------------------------------------------------------------
@@ -304,31 +300,11 @@ class AGUIAgentProcess:
         return most.get(thread_id, 0)
 
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/records", timeout=1.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @contextmanager
 def running_agui_agent(log_path: Path) -> Iterator[AGUIAgentProcess]:
     """The agents above in a process of their own on a free port, killed at the end."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    root = Path(__file__).resolve().parents[2]
-    command = [sys.executable, "-m", "tests.support.agui_agent", "--port", str(port)]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_until_sync(
-            lambda: _answers(url) or process.poll() is not None, START_TIMEOUT, "AG-UI agent"
-        )
-        assert process.poll() is None, log_path.read_text()
+    with serving_module("tests.support.agui_agent", "/records", log_path, "AG-UI agent") as url:
         yield AGUIAgentProcess(url)
-    finally:
-        process.kill()
-        process.wait()
 
 
 def main() -> None:

@@ -6,12 +6,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
+from app.redis.server import free_port
 from tests.support.servers import is_ready
 from tests.support.waiting import wait_until_sync
 
@@ -102,3 +106,32 @@ def kill_quietly(pids: set[int]) -> None:
     for pid in pids:
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+MODULE_START_TIMEOUT = 30.0
+
+
+@contextmanager
+def serving_module(module: str, probe: str, log_path: Path, what: str) -> Iterator[str]:
+    """`python -m <module> --port N` on a free port, its output in `log_path`, until `GET
+    <probe>` answers 200: its base URL; killed at the end (the tests' agent processes)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    root = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", module, "--port", str(port)]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+
+    def answers() -> bool:
+        try:
+            return httpx.get(f"{url}{probe}", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until_sync(lambda: answers() or process.poll() is not None, MODULE_START_TIMEOUT, what)
+        assert process.poll() is None, log_path.read_text()
+        yield url
+    finally:
+        process.kill()
+        process.wait()

@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -45,11 +43,9 @@ from starlette.routing import Route
 from app.agents import AgentRequest
 from app.agents.base import Subscription
 from app.errors import SubscriptionFailureError
-from app.redis.server import free_port
-from tests.support.waiting import wait_until_sync
+from tests.support.processes import serving_module
 
 INITIAL = "sub-a"
-START_TIMEOUT = 30.0
 DISCONNECT_POLL = 0.05
 
 
@@ -196,28 +192,8 @@ class ReloadAgent:
 
 @contextmanager
 def running_reload_agent(log_path: Path) -> Iterator[ReloadAgent]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    root = Path(__file__).resolve().parents[2]
-    command = [sys.executable, "-m", "tests.support.reload_agent", "--port", str(port)]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_until_sync(
-            lambda: _answers(url) or process.poll() is not None, START_TIMEOUT, "reload agent"
-        )
-        assert process.poll() is None, log_path.read_text()
+    with serving_module("tests.support.reload_agent", "/report", log_path, "reload agent") as url:
         yield ReloadAgent(url)
-    finally:
-        process.kill()
-        process.wait()
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/report", timeout=1.0).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 class LocalReloader:
