@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,7 @@ async def test_a_run_waiting_for_its_agent_shows_queued_and_what_it_waits_for(
         )
         second = (await post(api, "s2", "two", agent_id="capped")).json()["run_id"]
         run = await waits_for(api, second, "agent_capacity")
-        assert run["status"] == "queued"
+        assert run["status"] == "queued" and run["started_at"] is None  # not started yet
         session = await session_state(api, "s2")
         assert session["state"] == "busy" and session["holder"] is not None
         assert session["active_run"]["waiting_for"] == "agent_capacity"
@@ -131,7 +132,12 @@ async def test_a_run_waiting_for_its_agent_shows_queued_and_what_it_waits_for(
         assert [w["run_id"] for w in seen["waiters"]] == [second]
         ended = await wait_status(api, second, "completed")
         assert ended["waiting_for"] is None and ended["output"] == "echo: two"
-        assert (await run_of(api, first))["status"] == "completed"
+        done = await run_of(api, first)
+        assert done["status"] == "completed"
+        # it started when its agent got it: after the first run's 600 ms, not at admission
+        began = datetime.fromisoformat(ended["started_at"])
+        assert began - datetime.fromisoformat(done["started_at"]) >= timedelta(milliseconds=600)
+        assert began > datetime.fromisoformat(ended["created_at"]) + timedelta(milliseconds=300)
         assert await redis.zcard(slot_keys("a:capped").holders) == 0
         registry = api.resources.metrics.registry
         waits = registry.get_sample_value(
@@ -246,6 +252,7 @@ async def test_a_run_past_its_start_deadline_while_waiting_for_capacity_expires(
         await waits_for(api, late, "agent_capacity")
         ended = await wait_status(api, late, "expired")
         assert ended["waiting_for"] is None and ended["output"] is None
+        assert ended["started_at"] is None  # it never started
         assert (await run_of(api, first))["status"] == "running"
         assert await redis.hlen(slot_keys("a:capped").queue) == 0
         after = (await post(api, "s2", "next", agent_id="echo", wait=5)).json()

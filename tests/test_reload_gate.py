@@ -9,6 +9,7 @@ import functools
 import json
 import signal
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -139,8 +140,10 @@ async def test_runs_in_flight_finish_on_a_and_new_runs_start_on_b_after_one_relo
         ]
         for run_id in late:
             await wait_until(functools.partial(_waits, four, run_id), 10, "a run at the gate")
+            assert (await run_of(four, run_id))["started_at"] is None  # not started yet
         assert (await agent.report())["reloads"] == []  # draining: the 5 still run on A
         assert not [r for r in (await agent.report())["runs"] if r["run_id"] in late]
+        released = datetime.now(UTC)
         await agent.control(release=True)
         for run_id in held_ids:
             run = await wait_status(four, run_id, "completed")
@@ -152,6 +155,7 @@ async def test_runs_in_flight_finish_on_a_and_new_runs_start_on_b_after_one_relo
         for run_id in late:
             run = await wait_status(other, run_id, "completed")
             assert (run["output"], run["subscription"]) == ("on sub-b, done", "sub-b")
+            assert datetime.fromisoformat(run["started_at"]) > released  # after the gate
         state = (await ops.get("/internal/agents/duo")).json()
         assert state["subscription"] == "sub-b" and state["gate"]["state"] == "open"
         kinds = [e["type"] for e in (await ops.get("/internal/events")).json()["events"]]

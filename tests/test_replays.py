@@ -10,14 +10,18 @@ and the broken run asserts that the check fails.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
 
+from app.capacity import marks
 from app.metrics import Metrics
 from app.redis.server import RedisServer
 from app.sessions import admission, control, emits, index, lua, renewal, writes
@@ -396,3 +400,48 @@ async def test_a_session_held_past_the_retention_keeps_its_fence(
 async def _ended(api: AppClient, run_id: str) -> bool:
     response = await api.get(f"/v1/runs/{run_id}")
     return response.status_code == 404 or response.json()["status"] not in ("queued", "running")
+
+
+CAPPED = """
+[[agents]]
+id = "capped"
+backend = "echo"
+max_concurrent_runs = 1
+"""
+
+
+@VARIANTS
+async def test_a_resent_end_of_a_capacity_wait_keeps_the_runs_start_time(
+    proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: bool
+) -> None:
+    if broken:  # the start time moved by every clearing, not only the one that cleared
+        old = "changed = redis.call('HDEL', KEYS[1], ARGV[1] .. ':w')"
+        breaks(monkeypatch, marks, "MARK", old, f"{old}; changed = 1")
+    agents = tmp_path / "agents.toml"
+    agents.write_text(CAPPED)
+    async with service(proxy, agents_file=agents) as api:
+        mark = hashlib.sha1(marks.MARK.encode(), usedforsecurity=False).hexdigest()
+        is_mark = evalsha_of(mark)
+        # the clearing that ends the second run's wait: `EVALSHA sha 1 runs id '' '1'`
+        fault = proxy.drop_reply(lambda args: is_mark(args) and args[5:] == [b"", b"1"])
+        fired_at: list[float] = []
+        fire = fault.fire
+
+        def noted() -> None:  # when the first call's reply came: after it ran, before the re-send
+            fired_at.append(time.time())
+            fire()
+
+        monkeypatch.setattr(fault, "fire", noted)
+        first = (await post(api, "s1", "one", agent_id="capped", metadata=SLOW)).json()
+        second = (await post(api, "s2", "two", agent_id="capped")).json()
+        ended = await wait_status(api, second["run_id"], "completed")
+        assert fault.count == 1  # the clearing ran, its reply was lost, it was re-sent
+
+        async def check() -> None:
+            started = datetime.fromisoformat(ended["started_at"]).timestamp()
+            # set by the first call (before its reply was lost), not moved by the re-send
+            assert started <= fired_at[0]
+            done = await run_of(api, first["run_id"])
+            assert started >= datetime.fromisoformat(done["started_at"]).timestamp() + 0.6
+
+        await holds(check, broken)

@@ -96,7 +96,7 @@ class CapacityGate:
             for need in self.caps.for_run(run.tenant, run.agent_id):
                 await self._remember(need)
                 await holding.take(need)
-            await holding.unmark()
+            await holding.unmark(starting=True)
             yield
         except asyncio.CancelledError:
             if holding.lost is not None and task.uncancel() == 0:
@@ -123,7 +123,7 @@ class CapacityGate:
             return
         # Its start deadline holds until its agent is first called, not after a switch.
         slot = await holding.take(need, deadline=first_call)
-        await holding.unmark()
+        await holding.unmark(starting=first_call)
         try:
             yield
         finally:
@@ -175,7 +175,7 @@ class RunSlots:
             waited_since = loop.time()
             metrics.capacity_waiting.labels(need.resource).inc()
             log.info("run %s waits for capacity of %s", self._run.run_id, need.resource)
-            await self.mark(need.waiting_for)
+            await self.mark(need.waiting_for, starting=deadline)  # before its first call
 
         try:
             slot = await self._gate.slots.acquire(need.resource, need.cap, claim, on_wait)
@@ -205,19 +205,22 @@ class RunSlots:
             await self.give_back(slot)
         await self.unmark()
 
-    async def mark(self, waiting_for: str) -> None:
+    async def mark(self, waiting_for: str, *, starting: bool) -> None:
         self._marked = True
-        await self._write_mark(waiting_for)
+        await self._write_mark(waiting_for, starting=starting)
 
-    async def unmark(self) -> None:
+    async def unmark(self, *, starting: bool = False) -> None:
+        """No longer waiting; `starting`: the run's agent is called next."""
         if self._marked:
             self._marked = False
-            await self._write_mark("")
+            await self._write_mark("", starting=starting)
 
-    async def _write_mark(self, value: str) -> None:
+    async def _write_mark(self, value: str, *, starting: bool = False) -> None:
         run = self._run
         try:
-            await self._gate.marks.mark(run.tenant, run.session_id, run.run_id, value)
+            await self._gate.marks.mark(
+                run.tenant, run.session_id, run.run_id, value, starting=starting
+            )
         except RedisUnavailableError:
             log.warning("run %s: waiting_for %r not recorded, Redis unreachable", run.run_id, value)
 

@@ -57,7 +57,9 @@ class Progress(Protocol):
 class Marks(Protocol):
     """Shows what a started run waits for (`app.capacity.marks.WaitingMarks`)."""
 
-    async def mark(self, tenant: str, session_id: str, run_id: str, waiting_for: str) -> None: ...
+    async def mark(
+        self, tenant: str, session_id: str, run_id: str, waiting_for: str, *, starting: bool = False
+    ) -> None: ...
 
 
 class ReloadGate:
@@ -98,7 +100,7 @@ class ReloadGate:
         keys = agent_keys(run.agent_id)
         entry = _entry(run)
         try:  # a wait stopped just as the run passed leaves no entry behind either
-            progress.subscription = await self._pass(run, keys, entry)
+            progress.subscription = await self._pass(run, keys, entry, starting=True)
             yield
         finally:
             await asyncio.shield(self._leave(run.agent_id, keys, entry))
@@ -111,7 +113,7 @@ class ReloadGate:
         keys = agent_keys(run.agent_id)
         entry = _entry(run)
         await self._leave(run.agent_id, keys, entry)
-        progress.subscription = await self._pass(run, keys, entry)
+        progress.subscription = await self._pass(run, keys, entry, starting=False)
         return progress.subscription
 
     def start(self) -> None:
@@ -121,7 +123,9 @@ class ReloadGate:
         if self._task is not None:
             await cancel_and_wait(self._task)
 
-    async def _pass(self, run: Run, keys: AgentKeys, entry: str) -> str:
+    async def _pass(self, run: Run, keys: AgentKeys, entry: str, *, starting: bool) -> str:
+        """Wait for the gate to let the run through; the subscription it then uses.
+        `starting`: the run's agent was not called yet (a wait moves its `started_at`)."""
         priority = self._agents.subscriptions_of(run.agent_id)
         code, value, now_us = await self._enter(keys, entry, priority)
         if code == GateCode.OK:
@@ -129,7 +133,8 @@ class ReloadGate:
         loop = asyncio.get_running_loop()
         began = loop.time()
         tenant, session_id = locate_run(run.run_id)
-        await self._mark(tenant, session_id, run.run_id, WAITING_FOR)
+        await self._mark(tenant, session_id, run.run_id, WAITING_FOR, starting)
+        passed = False
         log.info("run %s waits for agent %s to reload", run.run_id, run.agent_id)
         try:
             async with self._hub.watch(keys.gate.channel) as opened:
@@ -137,6 +142,7 @@ class ReloadGate:
                     opened.clear()  # before the check: an opening after it still wakes us
                     code, value, now_us = await self._enter(keys, entry, priority)
                     if code == GateCode.OK:
+                        passed = True
                         break
                     pause = min(MAX_PAUSE, max(int(value) / 1000, MIN_PAUSE))
                     if run.start_by:
@@ -151,7 +157,8 @@ class ReloadGate:
                             await opened.wait()
         finally:
             self._metrics.gate_wait.observe(loop.time() - began)
-            await asyncio.shield(self._mark(tenant, session_id, run.run_id, ""))
+            cleared = self._mark(tenant, session_id, run.run_id, "", starting and passed)
+            await asyncio.shield(cleared)
         return value
 
     async def _enter(
@@ -182,9 +189,11 @@ class ReloadGate:
         except RedisUnavailableError:
             log.warning("agent %s: run %s left in flight; it expires", agent_id, entry)
 
-    async def _mark(self, tenant: str, session_id: str, run_id: str, what: str) -> None:
+    async def _mark(
+        self, tenant: str, session_id: str, run_id: str, what: str, starting: bool = False
+    ) -> None:
         try:
-            await self._marks.mark(tenant, session_id, run_id, what)
+            await self._marks.mark(tenant, session_id, run_id, what, starting=starting)
         except RedisUnavailableError:
             log.warning("run %s: waiting_for not %s", run_id, "cleared" if not what else "set")
 
