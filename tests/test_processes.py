@@ -21,7 +21,7 @@ import redis
 
 from app.redis.server import RedisServer, free_port
 from app.supervision import STARTUP_FAILURE
-from tests.support.processes import MARK, kill_quietly, marked, new_mark, service
+from tests.support.processes import MARK, kill_quietly, left_behind, marked, new_mark, service
 from tests.support.servers import base_env, leasegate_command, uvicorn_command
 from tests.support.waiting import wait_until_sync
 
@@ -237,7 +237,7 @@ def test_ctrl_c_with_a_run_in_flight_says_what_it_waits_for(tmp_path: Path) -> N
         "stopping: waiting up to 1s (LEASEGATE_SHUTDOWN_GRACE_SECONDS) for 1 run(s) in flight "
         "to finish, then interrupting them"
     ) in said
-    assert not marked(serve.mark)
+    assert not left_behind(serve.mark)
     assert os.path.exists(tmp_path / "data" / "leasegate.lock")
 
 
@@ -283,7 +283,7 @@ def test_serve_exits_3_when_its_workers_cannot_start(tmp_path: Path) -> None:
     assert "embedded redis-server stopped" in said
     assert not any("died" in m or "Started server process" in m for m in said)
     assert took < DEADLINE
-    assert not marked(mark)
+    assert not left_behind(mark)
 
 
 def test_serve_on_a_port_in_use_exits_3_and_stops_its_redis(tmp_path: Path) -> None:

@@ -94,6 +94,25 @@ def marked(mark: str) -> set[int]:
     return found
 
 
+def left_behind(mark: str) -> set[int]:
+    """Processes with MARK=mark still alive once the process that started them has
+    exited, but for multiprocessing's resource tracker: the supervisor's helper, which ends
+    by itself when it reads the supervisor's end of its pipe close, a moment after it (a
+    loaded machine shows that moment). Waits up to 2 s for the tracker to end, then
+    returns whatever else is alive."""
+    others = {pid for pid in marked(mark) if not _is_resource_tracker(pid)}
+    wait_until_sync(lambda: not (marked(mark) - others), 2.0, "the resource tracker to end")
+    return others
+
+
+def _is_resource_tracker(pid: int) -> bool:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"multiprocessing.resource_tracker" in command
+
+
 def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
