@@ -23,6 +23,7 @@
     ├── IdempotencyConflictError   an idempotency key reused with a different request
     ├── SessionNotFoundError       no such session for this tenant
     ├── ExecutionNotFoundError     no such scheduled execution
+    ├── NoticeNotFoundError        no such switch notice owed by the agent
     ├── EndpointDisabledError      a feature that is not configured (e.g. /internal without secret)
     └── AuthError
         ├── UnauthenticatedError   no usable credentials (missing, wrong scheme)
@@ -255,6 +256,13 @@ class ExecutionNotFoundError(LeasegateError):
     def __init__(self, execution_id: str) -> None:
         super().__init__(f"no execution {execution_id!r}")
         self.execution_id = execution_id
+
+
+class NoticeNotFoundError(LeasegateError):
+    def __init__(self, agent_id: str, notice_id: str) -> None:
+        super().__init__(f"agent {agent_id!r} owes no switch notice {notice_id!r}")
+        self.agent_id = agent_id
+        self.notice_id = notice_id
 
 
 class EndpointDisabledError(LeasegateError):

@@ -23,6 +23,7 @@ from app.errors import (
     LeasegateError,
     LeaseTimeoutError,
     MetadataTooLargeError,
+    NoticeNotFoundError,
     QueueFullError,
     RedisUnavailableError,
     RunNotFoundError,
@@ -72,6 +73,7 @@ PROBLEMS: list[tuple[type[LeasegateError], Problem]] = [
     (AgentFailedError, Problem(502, "agent-failed", "Agent failed")),
     (SessionNotFoundError, Problem(404, "session-not-found", "Session not found")),
     (ExecutionNotFoundError, Problem(404, "execution-not-found", "Execution not found")),
+    (NoticeNotFoundError, Problem(404, "notice-not-found", "Switch notice not found")),
     (EndpointDisabledError, Problem(404, "http-404", "Not Found")),
     (UnauthenticatedError, Problem(401, "unauthenticated", "Authentication required")),
     (ForbiddenError, Problem(403, "forbidden", "Credentials not accepted")),
@@ -87,6 +89,7 @@ EXPOSED_ATTRIBUTES = (
     "run_status",
     "agent_id",
     "execution_id",
+    "notice_id",
 )
 INTERNAL = Problem(500, "internal", "Internal server error")
 UNREADABLE = Problem(422, "invalid-body", "Request body not readable")

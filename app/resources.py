@@ -72,6 +72,7 @@ class Resources:
     renewals: Renewals
     sweeper: Sweeper
     outbox: Outbox
+    notices: Notices
     deliverer: Deliverer | None
     agents: AgentRegistry
     subscriptions: Subscriptions
@@ -238,6 +239,7 @@ class Resources:
             renewals=renewals,
             sweeper=sweeper,
             outbox=outbox,
+            notices=notices,
             deliverer=deliverer,
             agents=agents,
             subscriptions=subscriptions,

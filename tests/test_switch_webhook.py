@@ -4,16 +4,20 @@ that switched dies."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
+import pytest
 from redis.asyncio import Redis
 
 from app.keys import agent_keys
 from app.redis.server import RedisServer, free_port
+from app.webhooks import notices
 from tests.support.api import app_client
+from tests.support.faultproxy import FaultProxy, evalsha_of
 from tests.support.receiver import SECRET, Receiver, running_receiver
 from tests.support.servers import (
     INTERNAL,
@@ -123,6 +127,89 @@ async def test_a_failing_receiver_gets_the_notice_again_and_a_410_once(
 
             await wait_until(dead, 5, "the refused notice kept as dead")
         assert len(receiver.received) == 4  # no retry after the 410
+
+
+async def dead_notices(http: httpx.AsyncClient) -> list[dict[str, Any]]:
+    response = await http.get("/internal/webhooks")
+    assert response.status_code == 200, response.text
+    found: list[dict[str, Any]] = response.json()["notices"]
+    return found
+
+
+@pytest.mark.parametrize("broken", [False, True], ids=["script", "broken-variant"])
+async def test_a_dead_notice_is_listed_and_delivered_again_on_request(
+    redis: Redis,
+    redis_server: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    broken: bool,
+) -> None:
+    """Through a proxy that loses the reply to the redelivery script once (redis-py sends
+    it again): the answer is the first call's. Its broken variant, which owes only a dead
+    notice again, answers the re-send 404 and is caught."""
+    if broken:
+        old = "local notice = cjson.decode(raw)\nnotice.status,"
+        assert old in notices.REDELIVER
+        new = "local notice = cjson.decode(raw)\nif notice.status ~= 'dead' then return 0 end\n"
+        monkeypatch.setattr(
+            notices, "REDELIVER", notices.REDELIVER.replace(old, new + "notice.status,")
+        )
+    async with (
+        running_receiver() as receiver,
+        FaultProxy("127.0.0.1", redis_server.port) as proxy,
+    ):
+        receiver.answers = [410]
+        settings = agents_settings(tmp_path) | {
+            "webhook_url": receiver.url,
+            "webhook_secret": SECRET,
+            "webhook_interval_seconds": 0.05,
+        }
+        async with app_client(proxy.url, headers=INTERNAL, **settings) as api:
+            await refuse(api)
+            await wait_until(lambda: _received(receiver, 1), 10, "the notice sent")
+
+            async def listed() -> bool:
+                return len(await dead_notices(api)) == 1
+
+            await wait_until(listed, 5, "the refused notice listed as dead")
+            [dead] = await dead_notices(api)
+            event_id = await switch_event_id(redis)
+            assert dead == {
+                "agent_id": "helper",
+                "notice_id": event_id,
+                "webhook_id": f"helper/{event_id}",
+                "attempts": 1,
+                "last_error": dead["last_error"],
+                "event": SWITCH,
+            }
+            assert "410" in dead["last_error"]
+            assert (await api.get("/internal/webhooks")).json()["webhooks"] == []
+
+            sha = hashlib.sha1(notices.REDELIVER.encode(), usedforsecurity=False).hexdigest()
+            fault = proxy.drop_reply(evalsha_of(sha))
+            again = await api.post(f"/internal/agents/helper/notices/{event_id}/redeliver")
+            assert fault.count == 1  # the script ran, its reply was lost, it was sent again
+            if broken:
+                assert again.status_code == 404
+                return
+            assert again.status_code == 200, again.text
+            assert again.json() == {
+                "agent_id": "helper",
+                "notice_id": event_id,
+                "status": "pending",
+            }
+            await wait_until(lambda: settled(redis), 5, "the notice delivered")
+            assert [r.webhook_id for r in receiver.received] == [f"helper/{event_id}"] * 2
+            assert receiver.received[1].verified and receiver.received[1].body == SWITCH
+            assert await dead_notices(api) == []
+            for path in (
+                f"/internal/agents/helper/notices/{event_id}/redeliver",  # delivered: gone
+                "/internal/agents/helper/notices/0-1/redeliver",
+                f"/internal/agents/no-such-agent/notices/{event_id}/redeliver",
+            ):
+                missing = await api.post(path)
+                assert missing.status_code == 404
+                assert missing.json()["type"] == "/problems/notice-not-found"
 
 
 async def _received(receiver: Receiver, count: int) -> bool:

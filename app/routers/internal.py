@@ -12,10 +12,16 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.deps import InternalDep, SessionCall
-from app.errors import IdempotencyConflictError, MetadataTooLargeError, RunNotFoundError
+from app.errors import (
+    IdempotencyConflictError,
+    MetadataTooLargeError,
+    NoticeNotFoundError,
+    RunNotFoundError,
+)
 from app.executions import Execution
 from app.routers.models.internal import (
     ExecutionRunOut,
+    NoticeRedeliveredOut,
     RedeliveredOut,
     TaskAccepted,
     WebhooksOut,
@@ -147,7 +153,7 @@ async def get_execution(execution_id: str, resources: InternalDep) -> dict[str, 
 
 @router.get(
     "/webhooks",
-    summary="List dead completion webhooks",
+    summary="List dead webhooks",
     response_model=None,
     responses=answers(WebhooksOut),
 )
@@ -156,8 +162,8 @@ async def list_webhooks(
     status: Annotated[Literal["dead"], Query()] = "dead",
     limit: Annotated[int, Query(ge=1, le=1000), PLAIN_INT] = 100,
 ) -> dict[str, Any]:
-    """Completion webhooks given up on, newest first (URLs are not shown: they may hold
-    credentials)."""
+    """Completion webhooks and subscription-switch notices given up on, newest first (URLs
+    are not shown: they may hold credentials)."""
     found = []
     for run_id in await resources.outbox.dead(limit):
         session = SessionRef.of(*locate_run(run_id))
@@ -172,7 +178,7 @@ async def list_webhooks(
                     "last_error": delivery.get("last_error"),
                 }
             )
-    return {"webhooks": found}
+    return {"webhooks": found, "notices": await resources.notices.dead(limit)}
 
 
 @router.post(
@@ -188,3 +194,18 @@ async def redeliver_webhook(run_id: str, resources: InternalDep) -> dict[str, An
         raise RunNotFoundError(run_id)
     await resources.outbox.forget_dead(run_id)
     return {"run_id": run_id, "status": "pending"}
+
+
+@router.post(
+    "/agents/{agent_id}/notices/{notice_id}/redeliver",
+    summary="Redeliver a subscription-switch notice",
+    description="Send a dead (or any owed) switch notice again, from the first attempt.",
+    response_model=None,
+    responses=answers(NoticeRedeliveredOut, 404),
+)
+async def redeliver_notice(agent_id: str, notice_id: str, resources: InternalDep) -> dict[str, Any]:
+    if not await resources.notices.redeliver(agent_id, notice_id, round(time.time() * 1000)):
+        raise NoticeNotFoundError(agent_id, notice_id)
+    if resources.deliverer is not None:
+        resources.deliverer.soon()
+    return {"agent_id": agent_id, "notice_id": notice_id, "status": "pending"}

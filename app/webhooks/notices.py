@@ -6,7 +6,9 @@ CLAIM moves the entries after the agent's cursor into its outbox and moves the c
 one step (so each is owed exactly once), then claims what is due, as the session outbox
 does: the attempt count is bumped and the due time pushed past the claim's end, so a
 worker that dies while sending leaves the notice to another once the claim ends; SETTLE
-records an attempt's outcome only if no later claim took the notice.
+records an attempt's outcome only if no later claim took the notice. A notice given up on
+stays in the outbox as `dead` (`dead()` lists them, for GET /internal/webhooks) until
+REDELIVER owes it again from its first attempt.
 
 START, once per process at start-up, sets a missing cursor to the stream's last entry: a
 deployment that had no outbox before does not send its history.
@@ -100,6 +102,20 @@ redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(notice))
 return 1
 """
 
+# KEYS[1] the agent's notices hash, KEYS[2] their due times
+# ARGV[1] notice id, ARGV[2] now (ms)
+# Returns 1 when the notice is owed again, from its first attempt and due now; 0 when the
+# agent has no such notice (delivered, or never). A re-send does what the first call did.
+REDELIVER = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local notice = cjson.decode(raw)
+notice.status, notice.attempts, notice.last_error = 'pending', '0', nil
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(notice))
+redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), ARGV[1])
+return 1
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Notice:
@@ -124,10 +140,11 @@ class Notices:
         self._start: AsyncScript = redis.register_script(START)
         self._claim: AsyncScript = redis.register_script(CLAIM)
         self._settle: AsyncScript = redis.register_script(SETTLE)
+        self._redeliver: AsyncScript = redis.register_script(REDELIVER)
 
     @property
     def scripts(self) -> list[AsyncScript]:
-        return [self._start, self._claim, self._settle]
+        return [self._start, self._claim, self._settle, self._redeliver]
 
     async def start(self) -> None:
         for agent_id in self.agent_ids:
@@ -160,3 +177,45 @@ class Notices:
             )
         )
         return bool(done)
+
+    async def dead(self, limit: int) -> list[dict[str, Any]]:
+        """The notices given up on, newest first (at most `limit`): each agent's outbox
+        read in one pipeline."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for agent_id in self.agent_ids:
+                pipe.hgetall(agent_keys(agent_id).notices)
+            outboxes = await guarded(pipe.execute())
+        found = []
+        for agent_id, outbox in zip(self.agent_ids, outboxes, strict=True):
+            for raw_id, raw in outbox.items():
+                notice = json.loads(raw)
+                if notice.get("status") != "dead":
+                    continue
+                event_id = as_text(raw_id)
+                found.append(
+                    {
+                        "agent_id": agent_id,
+                        "notice_id": event_id,
+                        "webhook_id": f"{agent_id}/{event_id}",
+                        "attempts": int(notice["attempts"]),
+                        "last_error": notice.get("last_error"),
+                        "event": json.loads(notice["payload"]),
+                    }
+                )
+        found.sort(key=lambda n: _stream_order(n["notice_id"]), reverse=True)
+        return found[:limit]
+
+    async def redeliver(self, agent_id: str, notice_id: str, now_ms: int) -> bool:
+        """Owe the notice again from its first attempt; False when there is none."""
+        if agent_id not in self.agent_ids:
+            return False
+        keys = agent_keys(agent_id)
+        done = await guarded(
+            self._redeliver(keys=[keys.notices, keys.notices_due], args=[notice_id, now_ms])
+        )
+        return bool(done)
+
+
+def _stream_order(event_id: str) -> tuple[int, int]:
+    ms, _, seq = event_id.partition("-")
+    return (int(ms), int(seq or 0)) if ms.isdigit() and (seq or "0").isdigit() else (0, 0)

@@ -34,8 +34,26 @@ class DeadWebhookOut(BaseModel):
     last_error: str | None
 
 
+class DeadNoticeOut(BaseModel):
+    agent_id: str
+    notice_id: str = Field(description="The switch's event id in the agent's event stream.")
+    webhook_id: str = Field(description="The `webhook-id` every attempt carried.")
+    attempts: int
+    last_error: str | None
+    event: dict[str, Any] = Field(description="The notice's body: the switch event.")
+
+
 class WebhooksOut(BaseModel):
-    webhooks: list[DeadWebhookOut]
+    webhooks: list[DeadWebhookOut] = Field(description="Completion webhooks given up on.")
+    notices: list[DeadNoticeOut] = Field(
+        description="Subscription-switch notices (LEASEGATE_WEBHOOK_URL) given up on."
+    )
+
+
+class NoticeRedeliveredOut(BaseModel):
+    agent_id: str
+    notice_id: str
+    status: Literal["pending"]
 
 
 class RedeliveredOut(BaseModel):
