@@ -276,13 +276,29 @@ async def test_the_agent_process_would_see_two_runs_of_one_thread_at_once(
     thread overlap, and the agent process counts them."""
     body = {"threadId": "overlap-1", "runId": "r", "messages": [], "state": {}}
 
-    async def one(run_id: str) -> None:
-        async with httpx.AsyncClient(timeout=10) as http:
-            answer = await http.post(agent.url("/echo"), json={**body, "runId": run_id})
-        assert answer.status_code == 200
+    async def one(http: httpx.AsyncClient, run_id: str) -> None:
+        # the slow agent streams for a minute: both runs are in flight until cancelled
+        async with http.stream("POST", agent.url("/slow"), json={**body, "runId": run_id}) as r:
+            assert r.status_code == 200
+            async for _ in r.aiter_bytes():
+                pass
 
-    await asyncio.gather(one("r1"), one("r2"))
-    assert await agent.most_in_flight("overlap-1") == 2
+    async with httpx.AsyncClient(timeout=10) as http:
+        runs = [asyncio.create_task(one(http, run_id)) for run_id in ("r1", "r2")]
+        try:
+            await wait_until(
+                lambda: _most_in_flight_is(agent, "overlap-1", 2),
+                10,
+                "both runs of the thread in flight at once",
+            )
+        finally:
+            for run in runs:
+                run.cancel()
+            await asyncio.gather(*runs, return_exceptions=True)
+
+
+async def _most_in_flight_is(agent: AGUIAgentProcess, thread_id: str, count: int) -> bool:
+    return await agent.most_in_flight(thread_id) == count
 
 
 # -- the backend on its own: retries, refusals, cancellation, the agents file -----------
