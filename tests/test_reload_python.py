@@ -4,6 +4,8 @@ redis-server; and the agents file's checks of reload hooks."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from app.agents import AgentRegistry
 from app.errors import AgentsConfigError
 from app.redis.server import RedisServer
 from app.subscriptions.agent_call import MAX_WAITS
-from tests.support.api import app_client, post
+from tests.support.api import AppClient, app_client, post
 from tests.support.reload_agent import LocalReloader
 from tests.support.servers import INTERNAL, INTERNAL_SECRET
 from tests.support.settings import make_settings
@@ -43,18 +45,22 @@ def agents_file(folder: Path, method: str = "reload") -> Path:
     return path
 
 
+@asynccontextmanager
+async def reloading_app(url: str, folder: Path) -> AsyncIterator[tuple[AppClient, LocalReloader]]:
+    """An app on `url` with the agents above, and its python agent `local`."""
+    async with app_client(
+        url, headers=INTERNAL, agents_file=agents_file(folder), internal_secret=INTERNAL_SECRET
+    ) as api:
+        agent = api.resources.agents.get("local")
+        assert isinstance(agent, LocalReloader)
+        yield api, agent
+
+
 async def test_a_python_agent_is_reloaded_before_any_run_reaches_it_on_the_new_key(
     target_redis: Redis, redis_target: RedisTarget, tmp_path: Path
 ) -> None:
     """On one server and on a cluster (every gate key in the agent's slot)."""
-    async with app_client(
-        redis_target.url,
-        headers=INTERNAL,
-        agents_file=agents_file(tmp_path),
-        internal_secret=INTERNAL_SECRET,
-    ) as api:
-        agent = api.resources.agents.get("local")
-        assert isinstance(agent, LocalReloader)
+    async with reloading_app(redis_target.url, tmp_path) as (api, agent):
         assert (await post(api, "p-1", "hi", agent_id="local", wait=10)).json()["output"] == (
             "on sub-a"
         )
@@ -92,14 +98,7 @@ async def test_with_no_subscription_to_reload_the_gate_opens_on_the_old_one_when
     redis_server: RedisServer, redis: Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LOCAL_RELOAD_KEY_B", "key-of-b")
-    async with app_client(
-        redis_server.url,
-        headers=INTERNAL,
-        agents_file=agents_file(tmp_path),
-        internal_secret=INTERNAL_SECRET,
-    ) as api:
-        agent = api.resources.agents.get("local")
-        assert isinstance(agent, LocalReloader)
+    async with reloading_app(redis_server.url, tmp_path) as (api, agent):
         agent.refusing, agent.cooldown, agent.failing = {"sub-a"}, 1.0, {"sub-b"}
         waiting = asyncio.create_task(post(api, "p-1", "hi", agent_id="local", wait=15))
 
@@ -133,14 +132,7 @@ async def test_with_no_subscription_to_reload_the_gate_opens_on_the_old_one_when
 async def test_a_run_refused_each_time_the_gate_opens_again_on_its_key_fails_in_the_end(
     redis_server: RedisServer, redis: Redis, tmp_path: Path
 ) -> None:
-    async with app_client(
-        redis_server.url,
-        headers=INTERNAL,
-        agents_file=agents_file(tmp_path),
-        internal_secret=INTERNAL_SECRET,
-    ) as api:
-        agent = api.resources.agents.get("local")
-        assert isinstance(agent, LocalReloader)
+    async with reloading_app(redis_server.url, tmp_path) as (api, agent):
         agent.refusing, agent.cooldown, agent.failing = {"sub-a"}, 0.1, {"sub-b"}
         run = (await post(api, "p-1", "hi", agent_id="local", wait=15, expect=200)).json()
         assert run["status"] == "failed"
